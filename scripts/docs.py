@@ -1,0 +1,90 @@
+"""Build the documentation site and README.md from the notebooks, offline (no Quarto needed).
+
+    python scripts/docs.py site [--executed DIR]   # -> _docs/ (HTML site with sidebar and search)
+    python scripts/docs.py readme [--check]        # -> README.md from nbs/index.ipynb
+
+The site is nbdev's own processing of the notebooks (`nbdev.serve.proc_nbs`, which turns `show_doc`
+cells into API documentation) rendered by `smalldocs`, a pure-Python renderer of `_quarto.yml`
+projects. Notebooks are stored without outputs; pass `--executed DIR` to render copies that were run
+(the test script leaves them in `build/executed_nbs`), so plots and tables appear on the pages.
+Anyone with Quarto installed can use `nbdev-docs` instead: `nbs/_quarto.yml` is nbdev's standard one.
+"""
+import argparse, json, shutil, sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NBS, STAGE, PROC, DOCS = ROOT/'nbs', ROOT/'build'/'docs_src', ROOT/'_proc', ROOT/'_docs'
+SITE_FILES = ('*.ipynb', '*.yml', '*.css', '*.md', '*.png')
+
+def stage_notebooks(src):
+    "Copy the notebooks in `src` and the site files in nbs/ into a fresh staging folder."
+    shutil.rmtree(STAGE, ignore_errors=True)
+    STAGE.mkdir(parents=True)
+    for folder in (NBS, src):
+        for pattern in SITE_FILES:
+            for f in folder.glob(pattern): shutil.copy2(f, STAGE/f.name)
+    return STAGE
+
+def process_notebooks(stage):
+    "Run nbdev's doc processors (show_doc, directives, sidebar) over the staged notebooks."
+    from nbdev.quarto import nbdev_sidebar
+    from nbdev.serve import proc_nbs
+    from nbdev.doclinks import _build_modidx
+    _build_modidx()
+    nbdev_sidebar.__wrapped__(path=stage, force=True)
+    return proc_nbs(str(stage), force=True, n_workers=0)
+
+def build_site(executed=None):
+    "Build the HTML site into _docs/ and return its path."
+    from smalldocs.site import build
+    proc = process_notebooks(stage_notebooks(Path(executed) if executed else NBS))
+    site = build(str(proc), quiet=True)
+    for w in site.warnings: print(f'warning: {w}', file=sys.stderr)
+    shutil.rmtree(DOCS, ignore_errors=True)
+    shutil.move(str(proc/'_docs'), str(DOCS))
+    return DOCS
+
+def _output_text(out):
+    "Plain-text form of one notebook output, or None when it has none (images, widgets)."
+    if out.get('output_type') == 'stream': return ''.join(out['text'])
+    data = out.get('data', {})
+    if 'text/markdown' in data: return None
+    if 'text/plain' in data and not any(k.startswith('image/') or 'widget' in k for k in data):
+        return ''.join(data['text/plain'])
+    return None
+
+def readme_text(nb_path=NBS/'index.ipynb'):
+    "Markdown for README.md from the index notebook: prose, visible code and text outputs."
+    nb = json.loads(Path(nb_path).read_text())
+    parts = ['<!-- WARNING: generated from nbs/index.ipynb by `python scripts/docs.py readme`; edit the notebook. -->']
+    for cell in nb['cells']:
+        src = ''.join(cell['source'])
+        if cell['cell_type'] == 'markdown': parts.append(src); continue
+        lines = src.split('\n')
+        directives = [l for l in lines if l.startswith('#|')]
+        if any(d.split()[1:2] in (['hide'], ['export'], ['exporti'], ['default_exp']) for d in directives): continue
+        code = '\n'.join(l for l in lines if not l.startswith('#|')).strip()
+        if code: parts.append(f'```python\n{code}\n```')
+        for out in cell.get('outputs', []):
+            text = _output_text(out)
+            if text: parts.append(f'```\n{text.rstrip()}\n```')
+    return '\n\n'.join(parts) + '\n'
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest='cmd', required=True)
+    s = sub.add_parser('site', help='build the HTML site into _docs/')
+    s.add_argument('--executed', help='folder of executed copies of the notebooks to render instead of nbs/')
+    r = sub.add_parser('readme', help='write README.md from nbs/index.ipynb')
+    r.add_argument('--check', action='store_true', help='exit 1 if README.md is not current, write nothing')
+    args = p.parse_args()
+    if args.cmd == 'site': print(f'site built in {build_site(args.executed)}')
+    else:
+        text, readme = readme_text(), ROOT/'README.md'
+        if args.check:
+            if not readme.exists() or readme.read_text() != text:
+                sys.exit('README.md is out of date with nbs/index.ipynb: run `python scripts/docs.py readme`')
+            print('README.md is current')
+        else: readme.write_text(text); print(f'wrote {readme}')
+
+if __name__ == '__main__': main()
