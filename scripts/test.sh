@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 rm -rf nbs_executed && mkdir nbs_executed
 cp nbs/*.ipynb nbs/*.yml nbs/*.css nbs_executed/
 echo "== nbdev-test: every notebook, --flags slow"
-nbdev-test --path nbs_executed --flags slow --save --timing --do-print
+nbdev-test nbs_executed --flags slow --save --timing --do-print
 
 echo "== pytest tests/"
 status=0
