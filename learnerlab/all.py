@@ -7,12 +7,12 @@ Docs: https://learnerlab.github.io/learnerlab/all.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/11_all.ipynb #4afb74cf
+# %% ../nbs/11_all.ipynb #15a65146
 from functools import partial
 import torch
 from torch import nn
 from . import optimizer
 from .optimizer import *
 
-# %% ../nbs/11_all.ipynb #49d9e9af
+# %% ../nbs/11_all.ipynb #fae38db5
 __all__ = ['partial', 'torch', 'nn', *optimizer.__all__]
