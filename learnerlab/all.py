@@ -7,12 +7,20 @@ Docs: https://learnerlab.github.io/learnerlab/all.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/11_all.ipynb #15a65146
+# %% ../nbs/11_all.ipynb #27eca01f
 from functools import partial
 import torch
 from torch import nn
-from . import optimizer
+from . import optimizer, widgets, callback, learner, schedule, training, data, distributed
 from .optimizer import *
+from .widgets import *
+from .callback import *
+from .learner import *
+from .schedule import *
+from .training import *
+from .data import *
+from .distributed import *
 
-# %% ../nbs/11_all.ipynb #fae38db5
-__all__ = ['partial', 'torch', 'nn', *optimizer.__all__]
+# %% ../nbs/11_all.ipynb #908df9f6
+__all__ = ['partial', 'torch', 'nn', *optimizer.__all__, *widgets.__all__, *callback.__all__, *learner.__all__,
+           *schedule.__all__, *training.__all__, *data.__all__, *distributed.__all__]

@@ -6,17 +6,24 @@ Docs: https://learnerlab.github.io/learnerlab/distributed.html.md"""
 
 # %% auto #0
 __all__ = ['num_distrib', 'rank_distrib', 'local_rank_distrib', 'default_backend', 'setup_distrib', 'teardown_distrib',
-           'shard_dl', 'merge_shards', 'gather_batch', 'free_port', 'torchrun_cmd', 'run_torchrun']
+           'shard_dl', 'merge_shards', 'gather_batch', 'free_port', 'torchrun_cmd', 'run_torchrun',
+           'DistributedTrainer']
 
-# %% ../nbs/09_distributed.ipynb #84273573
-import os, sys, socket, signal, subprocess, tempfile, shutil, datetime
+# %% ../nbs/09_distributed.ipynb #dc88a472
+import os, sys, socket, signal, subprocess, tempfile, shutil, datetime, warnings
 from contextlib import contextmanager
 from pathlib import Path
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, IterableDataset
+import copy
+from contextlib import ExitStack
+from fastcore.basics import patch
+from .callback import Callback
+from .learner import Learner, find_bs
 
-# %% ../nbs/09_distributed.ipynb #098a154c
+# %% ../nbs/09_distributed.ipynb #052e5a15
 def num_distrib():
     "How many processes train together: the process group's size, else `WORLD_SIZE` (set by torchrun), else 1."
     if dist.is_available() and dist.is_initialized(): return dist.get_world_size()
@@ -31,7 +38,7 @@ def local_rank_distrib():
     "This process's rank on its own machine (`LOCAL_RANK`, else 0): the index of the GPU it uses."
     return int(os.environ.get('LOCAL_RANK', 0))
 
-# %% ../nbs/09_distributed.ipynb #c423e412
+# %% ../nbs/09_distributed.ipynb #01366c48
 def default_backend():
     "'nccl' when CUDA GPUs and NCCL are available, else 'gloo' (CPU)."
     return 'nccl' if torch.cuda.is_available() and dist.is_nccl_available() else 'gloo'
@@ -52,7 +59,7 @@ def teardown_distrib():
     "Leave the process group, if there is one."
     if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
-# %% ../nbs/09_distributed.ipynb #25b2cd8f
+# %% ../nbs/09_distributed.ipynb #a24fe713
 def shard_dl(dl, rank=None, world=None, seed=0):
     "Copy of DataLoader `dl` that yields only rank `rank`'s share of each epoch, via a `DistributedSampler`."
     if not isinstance(dl, DataLoader):
@@ -74,7 +81,7 @@ def shard_dl(dl, rank=None, world=None, seed=0):
                       persistent_workers=dl.persistent_workers,
                       prefetch_factor=dl.prefetch_factor if dl.num_workers else None)
 
-# %% ../nbs/09_distributed.ipynb #a086071f
+# %% ../nbs/09_distributed.ipynb #a1f2a82d
 def merge_shards(parts, n_items=None):
     "One batch in dataset order from the rank-ordered list `parts` of interleaved shares; keep `n_items` items."
     merged = torch.stack(list(parts), dim=1).flatten(0, 1)
@@ -87,7 +94,7 @@ def gather_batch(t, n_items=None):
     dist.all_gather(parts, t.contiguous())
     return merge_shards(parts, n_items)
 
-# %% ../nbs/09_distributed.ipynb #ef186f88
+# %% ../nbs/09_distributed.ipynb #34184e6a
 def free_port(host='127.0.0.1'):
     "A TCP port on `host` that nothing listens on right now (the operating system picks it)."
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -101,7 +108,7 @@ def torchrun_cmd(script, *args, nproc=2, port=None):
     return [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={int(nproc)}',
             '--master-addr=127.0.0.1', f'--master-port={port}', str(script), *[str(a) for a in args]]
 
-# %% ../nbs/09_distributed.ipynb #1ce70734
+# %% ../nbs/09_distributed.ipynb #9c2ccfe1
 def _child_pids(pid):
     "Process ids of the direct children of `pid` (Linux /proc; empty where unavailable)."
     try: return [int(c) for c in Path(f'/proc/{pid}/task/{pid}/children').read_text().split()]
@@ -132,3 +139,144 @@ def run_torchrun(script, *args, nproc=2, timeout=300, check=True, env=None, cwd=
     if check and res.returncode != 0:
         raise RuntimeError(f"torchrun job {script} failed with exit code {res.returncode}; its output:\n{out}\n{err}")
     return res
+
+# %% ../nbs/09_distributed.ipynb #cc0ca6c8
+def _is_sharded(dl):
+    "Does `dl` draw its items through a `DistributedSampler`?"
+    return isinstance(getattr(dl, 'sampler', None), DistributedSampler)
+
+def _shard_if_possible(dl, seed):
+    "`dl` sharded for this rank, or unchanged when it cannot be (not a DataLoader) or already is."
+    if num_distrib() <= 1 or not isinstance(dl, DataLoader) or _is_sharded(dl): return dl
+    return shard_dl(dl, seed=seed)
+
+# %% ../nbs/09_distributed.ipynb #6fac00c7
+class DistributedTrainer(Callback):
+    "Data-parallel training: DDP model, sharded DataLoaders, global losses and metrics (see `Learner.distrib_ctx`)."
+    run_after, run_before = ('GradientAccumulation',), ('TerminateOnNaNCallback', 'Recorder')
+    def __init__(self, seed=0, **ddp_kwargs):
+        self.seed, self.ddp_kwargs = seed, ddp_kwargs
+        self._dls, self._no_sync, self._gather, self._seen = None, None, False, 0
+
+    def before_fit(self):
+        learn = self.learn
+        if num_distrib() <= 1: return
+        self._dls, dls = learn.dls, copy.copy(learn.dls)
+        dls.train = _shard_if_possible(dls.train, self.seed)
+        if not _is_sharded(dls.train):
+            warnings.warn("dls.train is not a torch DataLoader over a map-style dataset, so it cannot be sharded: "
+                          "every rank trains on all of it (correct, but no faster than one process)")
+        if dls.valid is not None: dls.valid = _shard_if_possible(dls.valid, self.seed)
+        learn.dls = dls
+        if not isinstance(learn.model, DDP): learn.model = self._wrap(learn.model)
+
+    def _wrap(self, model):
+        "`model` in `DistributedDataParallel`, on this rank's GPU when it lives on CUDA."
+        p = next(model.parameters(), None)
+        if p is None: raise ValueError("the model has no parameters: there is nothing to train in parallel")
+        kwargs = dict(self.ddp_kwargs)
+        if p.device.type == 'cuda': kwargs.setdefault('device_ids', [p.device.index])
+        return DDP(model, **kwargs)
+
+    def _start_pass(self):
+        "Shard `learn.dl` if needed and set its sampler's epoch."
+        learn = self.learn
+        if num_distrib() <= 1: return
+        if not _is_sharded(learn.dl):
+            sharded = _shard_if_possible(learn.dl, self.seed)
+            if sharded is not learn.dl: learn.dl, learn.n_iter = sharded, len(sharded)
+        if _is_sharded(learn.dl): learn.dl.sampler.set_epoch(learn.epoch)
+
+    def before_train(self): self._start_pass()
+
+    def before_validate(self):
+        self._start_pass()
+        self._gather, self._seen = num_distrib() > 1 and _is_sharded(self.learn.dl), 0
+
+    def before_batch(self):
+        # with GradientAccumulation, skip DDP's gradient averaging on micro-batches that end without a step
+        learn, ga = self.learn, self.learn.__dict__.get('gradient_accumulation')
+        if learn.training and ga is not None and isinstance(learn.model, DDP):
+            if getattr(ga, 'count', 0) + find_bs(learn.yb) < ga.n_acc:
+                self._no_sync = learn.model.no_sync()
+                self._no_sync.__enter__()
+
+    def after_pred(self):
+        learn = self.learn
+        if learn.training or not self._gather: return
+        if not isinstance(learn.pred, torch.Tensor):
+            raise TypeError(f"DistributedTrainer gathers predictions across ranks and needs a tensor, "
+                            f"got {type(learn.pred).__name__}: make the model (or a callback's after_pred) return one")
+        world, bs = num_distrib(), learn.pred.shape[0]
+        n_real = max(0, min(bs * world, len(learn.dl.dataset) - self._seen * world))
+        self._seen += bs
+        learn.pred = gather_batch(learn.pred, n_real)
+        learn.yb = tuple(gather_batch(y, n_real) for y in learn.yb)
+
+    def after_batch(self):
+        self._end_no_sync()
+        learn = self.learn
+        if learn.training and learn.loss is not None and num_distrib() > 1:
+            loss = learn.loss.detach().clone()
+            dist.all_reduce(loss)
+            learn.loss = loss / num_distrib()
+
+    def _end_no_sync(self):
+        if self._no_sync is not None:
+            ctx, self._no_sync = self._no_sync, None
+            ctx.__exit__(None, None, None)
+
+    def after_fit(self):
+        self._end_no_sync()
+        learn = self.learn
+        if isinstance(learn.model, DDP): learn.model = learn.model.module
+        if self._dls is not None: learn.dls, self._dls = self._dls, None
+
+# %% ../nbs/09_distributed.ipynb #f71cc922
+def _plain_model_call(learn, method):
+    "Wrap `method` so it runs with `learn.model` unwrapped from DDP (checkpoints hold the plain model)."
+    def call(*args, **kwargs):
+        model = learn.model
+        if isinstance(model, DDP): learn.model = model.module
+        try: return method(*args, **kwargs)
+        finally: learn.model = model
+    return call
+
+def _load_falling_back(learn, load, shared_path):
+    "Wrap `load` so a checkpoint missing from this rank's private folder is read from `shared_path`."
+    def call(name, *args, **kwargs):
+        if learn.ckpt_path(name).exists(): return load(name, *args, **kwargs)
+        private, learn.path = learn.path, shared_path
+        try: return load(name, *args, **kwargs)
+        finally: learn.path = private
+    return call
+
+# %% ../nbs/09_distributed.ipynb #14fcec8f
+@patch
+@contextmanager
+def distrib_ctx(self:Learner, backend=None, timeout=1800, seed=0, **ddp_kwargs):
+    "Context manager: train data-parallel over the ranks torchrun started; a no-op for a single process."
+    created = setup_distrib(backend, timeout)
+    if num_distrib() <= 1:
+        yield self
+        return
+    shared_path, private, stack = self.path, None, ExitStack()
+    if self._device is not None and self._device.type == 'cuda':       # one GPU per rank
+        self._device = torch.device('cuda', local_rank_distrib())
+        self.model.to(self._device)
+    cb = self.add_cb(DistributedTrainer(seed=seed, **ddp_kwargs))
+    self.save = _plain_model_call(self, Learner.save.__get__(self))
+    self.load = _plain_model_call(self, Learner.load.__get__(self))
+    try:
+        if rank_distrib() != 0:
+            stack.enter_context(self.no_bar()); stack.enter_context(self.no_logging())
+            private = Path(tempfile.mkdtemp(prefix=f'learnerlab-rank{rank_distrib()}-'))
+            self.path, self.load = private, _load_falling_back(self, self.load, shared_path)
+        with stack: yield self
+    finally:
+        if cb in self._cbs: self.remove_cb(cb)
+        if isinstance(self.model, DDP): self.model = self.model.module
+        del self.save, self.load
+        self.path = shared_path
+        if private is not None: shutil.rmtree(private, ignore_errors=True)
+        if created: teardown_distrib()

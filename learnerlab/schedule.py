@@ -9,7 +9,7 @@ __all__ = ['SuggestedLRs', 'check_pos', 'Annealer', 'SchedLin', 'SchedCos', 'Sch
            'combine_scheds', 'combined_cos', 'minimum', 'steep', 'valley', 'slide', 'suggest_lrs', 'plot_lr_find',
            'ParamScheduler', 'LRFinder']
 
-# %% ../nbs/05_schedule.ipynb #8e783328
+# %% ../nbs/05_schedule.ipynb #ce1e125b
 import copy, math, random
 from collections import namedtuple
 import torch
@@ -18,7 +18,7 @@ from fastcore.basics import patch
 from .callback import Callback, CancelFitException, CancelValidException
 from .learner import Learner, rng_states, set_rng_states
 
-# %% ../nbs/05_schedule.ipynb #90b42805
+# %% ../nbs/05_schedule.ipynb #aeba2e46
 def _check_number(x, name):
     "`x` as a float, or a clear error naming `name`."
     if isinstance(x, bool) or not isinstance(x, (int, float)):
@@ -38,7 +38,7 @@ def check_pos(pos):
     if not 0 <= pos <= 1: raise ValueError(f"pos must be in [0, 1] (the fraction of training done), got {pos}")
     return pos
 
-# %% ../nbs/05_schedule.ipynb #abc24fd9
+# %% ../nbs/05_schedule.ipynb #51a7f33a
 class Annealer:
     "A value that moves from `start` to `end` as `pos` goes from 0 to 1 (subclasses define `anneal`)."
     def __init__(self, start, end):
@@ -57,7 +57,7 @@ class Annealer:
 
     def __repr__(self): return f"{type(self).__name__}({self.start}, {self.end})"
 
-# %% ../nbs/05_schedule.ipynb #d1aa1a81
+# %% ../nbs/05_schedule.ipynb #c4d00d2a
 class SchedLin(Annealer):
     "Linear from `start` to `end`."
     def anneal(self, start, end, pos): return start + pos*(end-start)
@@ -70,7 +70,7 @@ class SchedNo(Annealer):
     "Stays at `start` (`end` is ignored)."
     def anneal(self, start, end, pos): return start
 
-# %% ../nbs/05_schedule.ipynb #0f23268b
+# %% ../nbs/05_schedule.ipynb #dd40cdbf
 class SchedExp(Annealer):
     "Exponential from `start` to `end`: equal ratios over equal steps (both ends must be > 0)."
     def __init__(self, start, end):
@@ -82,7 +82,7 @@ class SchedExp(Annealer):
                              "to reach 0")
     def anneal(self, start, end, pos): return start * (end/start)**pos
 
-# %% ../nbs/05_schedule.ipynb #fb98d12c
+# %% ../nbs/05_schedule.ipynb #c756e739
 class SchedPoly(Annealer):
     "From `start` to `end` along `pos**power` (`power=1` is linear, `power=2` starts slowly)."
     def __init__(self, start, end, power):
@@ -91,7 +91,7 @@ class SchedPoly(Annealer):
     def anneal(self, start, end, pos): return start + pos**self.power * (end-start)
     def __repr__(self): return f"SchedPoly({self.start}, {self.end}, power={self.power})"
 
-# %% ../nbs/05_schedule.ipynb #d5846b9c
+# %% ../nbs/05_schedule.ipynb #ac466f03
 class CombinedSched:
     "Several annealers one after the other, the `i`-th covering a fraction `pcts[i]` of training."
     def __init__(self, pcts, scheds):
@@ -116,12 +116,12 @@ def combine_scheds(pcts, scheds):
     "One schedule made of `scheds`, the `i`-th one covering the fraction `pcts[i]` of training."
     return CombinedSched(pcts, scheds)
 
-# %% ../nbs/05_schedule.ipynb #a43bd482
+# %% ../nbs/05_schedule.ipynb #d007db37
 def combined_cos(pct, start, middle, end):
     "Cosine from `start` to `middle` over the fraction `pct` of training, then cosine to `end`."
     return combine_scheds([pct, 1-pct], [SchedCos(start, middle), SchedCos(middle, end)])
 
-# %% ../nbs/05_schedule.ipynb #e98ef5f0
+# %% ../nbs/05_schedule.ipynb #b8aad65a
 def _sweep(lrs, losses):
     "`lrs` and `losses` as float tensors, checked; the log10 of the rates too."
     lrs, losses = torch.as_tensor(lrs, dtype=torch.float64), torch.as_tensor(losses, dtype=torch.float64)
@@ -131,14 +131,14 @@ def _sweep(lrs, losses):
     if (lrs <= 0).any(): raise ValueError("lrs must all be > 0 (the sweep is on a log scale)")
     return lrs, losses, lrs.log10()
 
-# %% ../nbs/05_schedule.ipynb #a2967650
+# %% ../nbs/05_schedule.ipynb #a53ba9d7
 def minimum(lrs, losses):
     "The learning rate at the lowest loss, divided by 10."
     lrs, losses, _ = _sweep(lrs, losses)
     finite = torch.where(torch.isfinite(losses), losses, torch.tensor(math.inf, dtype=losses.dtype))
     return lrs[finite.argmin()].item() / 10
 
-# %% ../nbs/05_schedule.ipynb #c04efe79
+# %% ../nbs/05_schedule.ipynb #e4ff6962
 def _slopes(losses, xs):
     "Central-difference slope of `losses` against `xs` at each interior point."
     return (losses[2:] - losses[:-2]) / (xs[2:] - xs[:-2])
@@ -150,7 +150,7 @@ def steep(lrs, losses):
     slopes = torch.where(torch.isfinite(slopes), slopes, torch.tensor(math.inf, dtype=slopes.dtype))
     return lrs[1 + slopes.argmin()].item()
 
-# %% ../nbs/05_schedule.ipynb #54d44a48
+# %% ../nbs/05_schedule.ipynb #ba4d7a7e
 def _longest_decrease(losses):
     "Indices (first, last) of the longest strictly decreasing subsequence of `losses`."
     n = len(losses)
@@ -168,7 +168,7 @@ def valley(lrs, losses):
     first, last = _longest_decrease(finite)
     return 10 ** ((xs[first] + xs[last]) / 2).item()
 
-# %% ../nbs/05_schedule.ipynb #38b3b15e
+# %% ../nbs/05_schedule.ipynb #2409b601
 def slide(lrs, losses, frac=0.1):
     "Slide down from the lowest loss until the loss is `frac` of the total drop above it; that rate."
     lrs, losses, _ = _sweep(lrs, losses)
@@ -179,7 +179,7 @@ def slide(lrs, losses, frac=0.1):
     while i > 0 and finite[i-1] <= limit: i -= 1
     return lrs[i].item()
 
-# %% ../nbs/05_schedule.ipynb #db2804a0
+# %% ../nbs/05_schedule.ipynb #0d48e1d7
 SuggestedLRs = namedtuple('SuggestedLRs', ['minimum', 'steep', 'valley', 'slide'], defaults=[None]*4)
 SuggestedLRs.__doc__ = "Learning rates suggested by `lr_find`, one field per suggestion function."
 
@@ -193,7 +193,7 @@ def suggest_lrs(lrs, losses, suggest_funcs=(valley,)):
         values[name] = f(lrs, losses)
     return SuggestedLRs(**values)
 
-# %% ../nbs/05_schedule.ipynb #1b4e5579
+# %% ../nbs/05_schedule.ipynb #467510b9
 def plot_lr_find(lrs, losses, suggestions=None, ax=None):
     "Plot `losses` against `lrs` (log scale), marking each suggested rate on the curve."
     if ax is None: _, ax = plt.subplots(figsize=(6, 4))
@@ -207,7 +207,7 @@ def plot_lr_find(lrs, losses, suggestions=None, ax=None):
     if suggestions is not None: ax.legend()
     return ax
 
-# %% ../nbs/05_schedule.ipynb #791482bf
+# %% ../nbs/05_schedule.ipynb #08d15b66
 class ParamScheduler(Callback):
     "Before each training batch, set each hyper-parameter named in `scheds` to its schedule's value at `pct_train`."
     order = 1
@@ -241,7 +241,7 @@ class ParamScheduler(Callback):
 
     def load_state_dict(self, sd): self.pos = sd['pos']
 
-# %% ../nbs/05_schedule.ipynb #3a61b49c
+# %% ../nbs/05_schedule.ipynb #f377796d
 def _per_group(learn, lr):
     "The learning rate of each parameter group once the optimizer has spread `lr` (number, list or slice)."
     if learn.opt is None: learn.create_opt()
@@ -254,7 +254,7 @@ def _check_moms(moms):
         raise ValueError(f"moms must be 3 numbers (start, middle, end), e.g. (0.95, 0.85, 0.95), got {moms!r}")
     return tuple(_check_number(m, 'each of moms') for m in moms)
 
-# %% ../nbs/05_schedule.ipynb #7fca35fe
+# %% ../nbs/05_schedule.ipynb #a2b2e2fb
 @patch
 def fit_one_cycle(self:Learner, n_epoch, lr_max=None, div=25., div_final=1e5, pct_start=0.25, wd=None, moms=None,
                   cbs=None, reset_opt=False, start_epoch=0):
@@ -267,7 +267,7 @@ def fit_one_cycle(self:Learner, n_epoch, lr_max=None, div=25., div_final=1e5, pc
     cbs = [] if cbs is None else list(cbs) if isinstance(cbs, (list, tuple)) else [cbs]
     self.fit(n_epoch, wd=wd, cbs=[ParamScheduler(scheds)] + cbs, reset_opt=reset_opt, start_epoch=start_epoch)
 
-# %% ../nbs/05_schedule.ipynb #3654ab5e
+# %% ../nbs/05_schedule.ipynb #aff41ecc
 @patch
 def fit_flat_cos(self:Learner, n_epoch, lr=None, div_final=1e5, pct_start=0.75, wd=None, cbs=None, reset_opt=False,
                  start_epoch=0):
@@ -278,7 +278,7 @@ def fit_flat_cos(self:Learner, n_epoch, lr=None, div_final=1e5, pct_start=0.75, 
     cbs = [] if cbs is None else list(cbs) if isinstance(cbs, (list, tuple)) else [cbs]
     self.fit(n_epoch, wd=wd, cbs=[ParamScheduler(scheds)] + cbs, reset_opt=reset_opt, start_epoch=start_epoch)
 
-# %% ../nbs/05_schedule.ipynb #e00193c4
+# %% ../nbs/05_schedule.ipynb #ce2fd9a9
 @patch
 def fit_sgdr(self:Learner, n_cycles, cycle_len, lr_max=None, cycle_mult=2, wd=None, cbs=None, reset_opt=False,
              start_epoch=0):
@@ -292,7 +292,7 @@ def fit_sgdr(self:Learner, n_cycles, cycle_len, lr_max=None, cycle_mult=2, wd=No
     cbs = [] if cbs is None else list(cbs) if isinstance(cbs, (list, tuple)) else [cbs]
     self.fit(n_epoch, wd=wd, cbs=[ParamScheduler(scheds)] + cbs, reset_opt=reset_opt, start_epoch=start_epoch)
 
-# %% ../nbs/05_schedule.ipynb #48cbc22a
+# %% ../nbs/05_schedule.ipynb #e7484097
 class LRFinder(Callback):
     "Grow the learning rate exponentially each batch; record the smoothed loss; stop when it diverges."
     order = 1
@@ -323,7 +323,7 @@ class LRFinder(Callback):
 
     def before_validate(self): raise CancelValidException
 
-# %% ../nbs/05_schedule.ipynb #5f6332b7
+# %% ../nbs/05_schedule.ipynb #951cd21a
 def _copy_opt(opt, model):
     "A deep copy of `opt` that shares the model's parameters (only the optimizer's own state is copied)."
     return copy.deepcopy(opt, memo={id(p): p for p in model.parameters()})

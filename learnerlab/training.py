@@ -9,7 +9,7 @@ __all__ = ['MixedPrecision', 'TerminateOnNaNCallback', 'ModelResetter', 'RNNRegu
            'TrackerCallback', 'EarlyStoppingCallback', 'SaveModelCallback', 'ReduceLROnPlateau', 'CSVLogger',
            'ShowGraphCallback']
 
-# %% ../nbs/06_callbacks.ipynb #43bdcc42
+# %% ../nbs/06_callbacks.ipynb #e0117dfa
 import csv, math, time
 from pathlib import Path
 import torch
@@ -17,8 +17,9 @@ from torch import nn
 from fastcore.basics import patch
 from .callback import Callback, CancelBatchException, CancelFitException
 from .learner import Learner, Recorder, TrainEvalCallback, ProgressCallback, find_bs
+from .schedule import LRFinder
 
-# %% ../nbs/06_callbacks.ipynb #ee56a1ab
+# %% ../nbs/06_callbacks.ipynb #68399ac7
 _HALF = {'fp16': torch.float16, 'float16': torch.float16, 'half': torch.float16,
          'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16}
 
@@ -42,7 +43,7 @@ class _ScalerTarget:
         return [{'params': [p for p in self.learn.model.parameters() if p.grad is not None]}]
     def step(self): self.stepped = True
 
-# %% ../nbs/06_callbacks.ipynb #35bbcfa1
+# %% ../nbs/06_callbacks.ipynb #9f887254
 class MixedPrecision(Callback):
     "Forward pass and loss under `torch.autocast` in `dtype`; dynamic loss scaling (GradScaler) for float16."
     order = 10
@@ -117,7 +118,7 @@ class MixedPrecision(Callback):
         "Keep checkpoint state `sd` for the next fit, which creates the GradScaler."
         self._loaded = {'scaler': dict(sd.get('scaler') or {}), 'skipped': int(sd.get('skipped', 0))}
 
-# %% ../nbs/06_callbacks.ipynb #f2ccf31e
+# %% ../nbs/06_callbacks.ipynb #f1c58d91
 @patch
 def to_fp16(self:Learner, **scaler_kwargs):
     "Train with float16 mixed precision and dynamic loss scaling (kwargs go to `torch.amp.GradScaler`); return self."
@@ -139,7 +140,7 @@ def to_fp32(self:Learner):
     self.model.float()
     return self
 
-# %% ../nbs/06_callbacks.ipynb #042acf56
+# %% ../nbs/06_callbacks.ipynb #1cadb48c
 class TerminateOnNaNCallback(Callback):
     "Stop training as soon as the loss is infinite or NaN."
     run_before = (Recorder,)
@@ -147,7 +148,7 @@ class TerminateOnNaNCallback(Callback):
         loss = self.learn.loss
         if self.learn.training and loss is not None and not torch.isfinite(loss).all(): raise CancelFitException
 
-# %% ../nbs/06_callbacks.ipynb #a0f99adf
+# %% ../nbs/06_callbacks.ipynb #ecf95e8b
 class ModelResetter(Callback):
     "Call `model.reset()` before training, before validation and after the fit (for stateful RNNs)."
     def before_fit(self):
@@ -157,7 +158,7 @@ class ModelResetter(Callback):
     def begin_validate(self): self.learn.model.reset()
     def after_fit(self): self.learn.model.reset()
 
-# %% ../nbs/06_callbacks.ipynb #7a513d4e
+# %% ../nbs/06_callbacks.ipynb #e7a8d82e
 class RNNRegularizer(Callback):
     "Add AR (`alpha`, on activations) and TAR (`beta`, on their change over time) penalties to the loss."
     def __init__(self, alpha=0., beta=0.): self.alpha, self.beta = alpha, beta
@@ -177,7 +178,7 @@ class RNNRegularizer(Callback):
             if h.shape[1] > 1:
                 self.learn.loss = self.learn.loss + self.beta * (h[:, 1:] - h[:, :-1]).float().pow(2).mean()
 
-# %% ../nbs/06_callbacks.ipynb #5efccbae
+# %% ../nbs/06_callbacks.ipynb #325d419e
 class GradientClip(Callback):
     "Clip the gradients' global `norm_type` norm to `max_norm` before each optimizer step."
     order, run_after = 20, (MixedPrecision,)
@@ -187,7 +188,7 @@ class GradientClip(Callback):
     def before_step(self):
         nn.utils.clip_grad_norm_(self.learn.model.parameters(), self.max_norm, self.norm_type)
 
-# %% ../nbs/06_callbacks.ipynb #85d6fbe4
+# %% ../nbs/06_callbacks.ipynb #69aac157
 class GradientAccumulation(Callback):
     "Accumulate gradients and step only once every `n_acc` items; the loss is scaled by `bs/n_acc` for the backward."
     order, run_before = 5, (MixedPrecision,)
@@ -209,8 +210,12 @@ class GradientAccumulation(Callback):
     def after_fit(self):
         if self.count and self.learn.opt is not None: self.learn.opt.zero_grad()
 
-# %% ../nbs/06_callbacks.ipynb #3f7df812
+# %% ../nbs/06_callbacks.ipynb #7df73cd5
 def _lower_is_better(name): return 'loss' in name or 'error' in name
+
+def _lr_finding(learn):
+    "Is this fit an `lr_find` sweep (which has no validation, and must leave no trace)?"
+    return any(isinstance(cb, LRFinder) for cb in learn.cbs)
 
 class TrackerCallback(Callback):
     "Base for callbacks watching `monitor` (a column of the results table) at the end of each epoch."
@@ -222,6 +227,8 @@ class TrackerCallback(Callback):
         self.best = None
 
     def before_fit(self):
+        self.active = not _lr_finding(self.learn)
+        if not self.active: return
         rec = getattr(self.learn, 'recorder', None)
         names = [n for n in rec.metric_names if n not in ('epoch', 'time')] if rec is not None else []
         if self.monitor not in names:
@@ -233,6 +240,8 @@ class TrackerCallback(Callback):
 
     def after_epoch(self):
         "Set `self.new_best` (did `monitor` improve by more than `min_delta`?) and update `self.best`."
+        self.new_best = False
+        if not self.active: return
         value = self.learn.recorder.final_record[self.idx]
         if value is None:
             raise ValueError(f"{self.monitor!r} has no value this epoch (is there a validation set?)")
@@ -243,7 +252,7 @@ class TrackerCallback(Callback):
     def state_dict(self): return {'best': self.best}
     def load_state_dict(self, sd): self.best = sd['best']
 
-# %% ../nbs/06_callbacks.ipynb #52b1023c
+# %% ../nbs/06_callbacks.ipynb #6e8399b5
 class EarlyStoppingCallback(TrackerCallback):
     "Stop training when `monitor` has not improved by more than `min_delta` for `patience` epochs."
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, reset_on_fit=True):
@@ -254,12 +263,13 @@ class EarlyStoppingCallback(TrackerCallback):
         super().before_fit()
     def after_epoch(self):
         super().after_epoch()
+        if not self.active: return
         self.wait = 0 if self.new_best else self.wait + 1
         if self.wait >= self.patience:
             self.stopped_epoch = self.learn.epoch
             raise CancelFitException
 
-# %% ../nbs/06_callbacks.ipynb #bc43043f
+# %% ../nbs/06_callbacks.ipynb #041f52a2
 def _load_weights(learn, name, with_opt):
     "Load only the model (and optimizer) state of checkpoint `name`."
     path = learn._ckpt_path(name)
@@ -278,6 +288,7 @@ class SaveModelCallback(TrackerCallback):
         self.saved_best = False
     def after_epoch(self):
         super().after_epoch()
+        if not self.active: return
         if self.every_epoch: self.learn.save(f'{self.fname}_{self.learn.epoch}', with_opt=self.with_opt)
         elif self.new_best:
             self.best_epoch = self.learn.epoch
@@ -286,7 +297,7 @@ class SaveModelCallback(TrackerCallback):
     def after_fit(self):
         if not self.every_epoch and self.saved_best: _load_weights(self.learn, self.fname, self.with_opt)
 
-# %% ../nbs/06_callbacks.ipynb #7d1746d1
+# %% ../nbs/06_callbacks.ipynb #67bb3782
 class ReduceLROnPlateau(TrackerCallback):
     "Divide the learning rate by `factor` (not below `min_lr`) when `monitor` has not improved for `patience` epochs."
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, factor=10., min_lr=0,
@@ -299,6 +310,7 @@ class ReduceLROnPlateau(TrackerCallback):
         super().before_fit()
     def after_epoch(self):
         super().after_epoch()
+        if not self.active: return
         self.wait = 0 if self.new_best else self.wait + 1
         if self.wait >= self.patience:
             self.wait = 0
@@ -306,7 +318,7 @@ class ReduceLROnPlateau(TrackerCallback):
             self.learn.opt.set_hyper('lr', lrs)
             self.reductions.append((self.learn.epoch, lrs[-1]))
 
-# %% ../nbs/06_callbacks.ipynb #c3b3b2d8
+# %% ../nbs/06_callbacks.ipynb #3c23d91a
 class CSVLogger(Callback):
     "Write the results table, one row per epoch, to the CSV file `learn.path/fname` (appending if `append`)."
     order = 56
@@ -316,6 +328,8 @@ class CSVLogger(Callback):
     def path(self): return Path(self.learn.path)/self.fname
 
     def before_fit(self):
+        self.file = None
+        if _lr_finding(self.learn): return
         if getattr(self.learn, 'recorder', None) is None: raise RuntimeError("CSVLogger needs the Recorder's results")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         has_header = self.append and self.path.exists() and self.path.stat().st_size > 0
@@ -327,6 +341,7 @@ class CSVLogger(Callback):
     def before_epoch(self): self._start = time.time()
 
     def after_epoch(self):
+        if self.file is None: return
         row = [self.learn.epoch] + ['' if v is None else v for v in self.learn.recorder.final_record]
         self.writer.writerow(row + [round(time.time() - self._start, 3)])
         self.file.flush()
@@ -338,7 +353,7 @@ class CSVLogger(Callback):
         "The rows written so far, as a list of dicts column -> string."
         with open(self.path, newline='') as f: return list(csv.DictReader(f))
 
-# %% ../nbs/06_callbacks.ipynb #c5c6edc5
+# %% ../nbs/06_callbacks.ipynb #c056c33a
 class ShowGraphCallback(Callback):
     "Live plot of the training and validation losses, updated after each epoch."
     order = 65    # after the Recorder and the progress bar

@@ -9,21 +9,52 @@ projects. Notebooks are stored without outputs; pass `--executed DIR` to render 
 (the test script leaves them in `build/executed_nbs`), so plots and tables appear on the pages.
 Anyone with Quarto installed can use `nbdev-docs` instead: `nbs/_quarto.yml` is nbdev's standard one.
 """
-import argparse, json, shutil, sys
+import argparse, ast, json, shutil, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NBS, STAGE, PROC, DOCS = ROOT/'nbs', ROOT/'build'/'docs_src', ROOT/'_proc', ROOT/'_docs'
-SITE_FILES = ('*.ipynb', '*.yml', '*.css', '*.md', '*.png')
+SITE_FILES = ('*.yml', '*.css', '*.png')
 
 def stage_notebooks(src):
-    "Copy the notebooks in `src` and the site files in nbs/ into a fresh staging folder."
+    "Copy the notebooks in `src`, and the site configuration in nbs/, into a fresh staging folder."
     shutil.rmtree(STAGE, ignore_errors=True)
     STAGE.mkdir(parents=True)
-    for folder in (NBS, src):
-        for pattern in SITE_FILES:
-            for f in folder.glob(pattern): shutil.copy2(f, STAGE/f.name)
+    for pattern in SITE_FILES:
+        for f in NBS.glob(pattern): shutil.copy2(f, STAGE/f.name)
+    for f in Path(src).glob('*.ipynb'): shutil.copy2(f, STAGE/f.name)
     return STAGE
+
+EXPORT_DIRECTIVES = ('export', 'exports', 'exporti', 'exec_doc')
+
+def _split_imports(cell):
+    """nbdev's doc processor re-runs, in a fresh kernel, each cell with an import in it, but none of the
+    others, so a test cell like `import io; torch.save(sd, buf)` fails there. Return the cell as an
+    import-only cell plus the rest of its code, marked `eval: false` (its stored outputs still show)."""
+    src = ''.join(cell['source'])
+    lines = src.split('\n')
+    directives = [l for l in lines if l.startswith('#|')]
+    if any(d[2:].strip().split(':')[0].split(' ')[0] in EXPORT_DIRECTIVES for d in directives) or 'show_doc' in src:
+        return [cell]
+    try: tree = ast.parse(src)
+    except SyntaxError: return [cell]
+    is_import = lambda n: isinstance(n, (ast.Import, ast.ImportFrom))
+    if not any(is_import(n) for n in ast.walk(tree)) or all(is_import(n) for n in tree.body): return [cell]
+    import_lines = set()
+    for node in tree.body:
+        if is_import(node): import_lines.update(range(node.lineno - 1, node.end_lineno))
+    imports = [l for i, l in enumerate(lines) if i in import_lines]
+    rest = ['#| eval: false'] + [l for i, l in enumerate(lines) if i not in import_lines]
+    new = [{**cell, 'source': '\n'.join(imports), 'outputs': [], 'execution_count': None}] if imports else []
+    return new + [{**cell, 'source': '\n'.join(rest)}]
+
+def split_import_cells(stage):
+    "Apply `_split_imports` to every staged notebook."
+    for nb_path in stage.glob('*.ipynb'):
+        nb = json.loads(nb_path.read_text())
+        nb['cells'] = [c for cell in nb['cells'] for c in (_split_imports(cell) if cell['cell_type'] == 'code' else [cell])]
+        for c in nb['cells']: c.pop('id', None)
+        nb_path.write_text(json.dumps(nb))
 
 def process_notebooks(stage):
     "Run nbdev's doc processors (show_doc, directives, sidebar) over the staged notebooks."
@@ -31,6 +62,7 @@ def process_notebooks(stage):
     from nbdev.serve import proc_nbs
     from nbdev.doclinks import _build_modidx
     _build_modidx()
+    split_import_cells(stage)
     nbdev_sidebar.__wrapped__(path=stage, force=True)
     return proc_nbs(str(stage), force=True, n_workers=0)
 

@@ -15,7 +15,7 @@ from learnerlab.optimizer import SGD, Adam
 from learnerlab.schedule import (SchedLin, SchedCos, SchedExp, SchedNo, SchedPoly, combine_scheds, combined_cos,
                                  ParamScheduler, minimum, steep, valley, slide, SuggestedLRs)
 from learnerlab.training import (MixedPrecision, GradientAccumulation, SaveModelCallback, TerminateOnNaNCallback,
-                                 EarlyStoppingCallback)
+                                 EarlyStoppingCallback, CSVLogger, ReduceLROnPlateau)
 
 torch.set_num_threads(1)
 pos_st = st.floats(0, 1, allow_nan=False)
@@ -134,6 +134,19 @@ def test_lr_find_then_fit_is_fit(half):
     torch.manual_seed(3); b.fit(1, 1e-2); b.lr_find(num_it=20, show_plot=False); b.fit_one_cycle(2, 1e-2)
     fct.test_eq(a.recorder.values, b.recorder.values)
     if half: fct.test_eq(a.mixed_precision.scaler.get_scale(), b.mixed_precision.scaler.get_scale())
+
+
+def test_lr_find_with_tracking_callbacks(tmp_path):
+    "A sweep longer than an epoch with trackers and a CSV log attached: they stay idle, nothing is written."
+    learn = _learner(path=tmp_path, cbs=[EarlyStoppingCallback(patience=1), SaveModelCallback(), CSVLogger(),
+                                         ReduceLROnPlateau()])
+    learn.fit(2)
+    log = (tmp_path/'history.csv').read_text()
+    best = learn.save_model.best
+    learn.lr_find(num_it=3*len(learn.dls.train), show_plot=False)
+    fct.test_eq((tmp_path/'history.csv').read_text(), log)
+    fct.test_eq(learn.save_model.best, best)
+    fct.test_eq(sorted(p.name for p in (tmp_path/'models').iterdir()), ['model.pth'])
 
 
 def test_lr_find_stops_on_divergence():

@@ -183,3 +183,21 @@ def test_optimizer_path_explorer_headless_redraws_on_control_change():
     after = list({l.get_label(): l for l in w.fig.axes[0].lines}['SGD+momentum'].get_ydata())
     assert before != after
     fct.test_close(after, w.data['SGD+momentum'][:, 1].tolist())
+
+def test_schedule_explorer_curves_are_what_fit_one_cycle_does():
+    "The explorer's curves, sampled at each batch's position, are the lr and mom the Recorder saw in a real fit_one_cycle."
+    import torch
+    from torch import nn
+    import learnerlab.schedule  # attaches Learner.fit_one_cycle
+    from learnerlab.learner import Learner, DataLoaders
+    from learnerlab.optimizer import SGD
+    torch.manual_seed(0)
+    x = torch.randn(64, 3)
+    ds = list(zip(x, x.sum(1, keepdim=True)))
+    learn = Learner(DataLoaders.from_dsets(ds, ds[:16], bs=8), nn.Linear(3, 1), loss_func=nn.MSELoss(), opt_func=SGD)
+    with learn.no_logging(), learn.no_bar(): learn.fit_one_cycle(2, 0.1, pct_start=0.3, div=10., moms=(0.9, 0.8, 0.9))
+    n_batches = len(learn.recorder.hps['lr'])
+    fct.test_eq(n_batches, 16)
+    curves = one_cycle_curves(0.1, div=10., pct_start=0.3, moms=(0.9, 0.8, 0.9), n=n_batches + 1)   # positions i/16
+    fct.test_close(learn.recorder.hps['lr'], curves['lr'][:n_batches], eps=1e-9)
+    fct.test_close(learn.recorder.hps['mom'], curves['mom'][:n_batches], eps=1e-9)

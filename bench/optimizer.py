@@ -1,0 +1,106 @@
+"""Time of one optimizer step: learnerlab's built-in optimizers against torch.optim (foreach and fused).
+
+    python bench/optimizer.py                 # both parameter sets, about a minute on 2 cores
+    python bench/optimizer.py --reps 40 --threads 2 --cases adam,adamw
+
+Parameter sets: (a) the shapes of torchvision's resnet34 (no weights: only the shapes matter),
+(b) 2,000 tensors of 1,000 values. Every variant of a case gets its own copy of the same starting
+parameters and the same fixed gradients, and the variants are timed interleaved (one step of each in
+turn, `--reps` rounds), so a burst of load on the shared machine hits all of them alike. We report the
+median ms/step and the ratios learnerlab / torch foreach and learnerlab / torch fused (PyTorch has no
+fused RMSprop, so that column is '-' there), then the largest relative difference between learnerlab's
+parameters and torch fused's (or foreach's) after the same steps, to show they compute the same thing.
+"""
+import argparse, os, statistics, sys, time, warnings
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+from learnerlab.optimizer import Adam, SGD, RMSProp, Optimizer, PerParameterWarning
+
+
+def resnet34_shapes():
+    "Shapes of torchvision's resnet34 parameters (built without weights)."
+    import torchvision
+    return [tuple(p.shape) for p in torchvision.models.resnet34(weights=None).parameters()]
+
+
+def make_params(shapes, seed=0):
+    "Parameters of `shapes` with fixed random values and gradients."
+    g = torch.Generator().manual_seed(seed)
+    ps = []
+    for s in shapes:
+        p = torch.randn(s, generator=g).requires_grad_()
+        p.grad = torch.randn(s, generator=g) * 0.01
+        ps.append(p)
+    return ps
+
+
+def clone_params(ps):
+    "An independent copy of `ps` with copies of their gradients."
+    out = []
+    for p in ps:
+        q = p.detach().clone().requires_grad_()
+        q.grad = p.grad.clone()
+        out.append(q)
+    return out
+
+
+# case name -> (learnerlab opt_func with kwargs, torch class, torch kwargs, has a fused torch version)
+CASES = {
+    'adam': (partial(Adam, lr=1e-3, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.), torch.optim.Adam,
+             dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-5), True),
+    'adamw': (partial(Adam, lr=1e-3, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01), torch.optim.AdamW,
+              dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01), True),
+    'sgd_mom': (partial(SGD, lr=1e-2, mom=0.9), torch.optim.SGD, dict(lr=1e-2, momentum=0.9), True),
+    'rmsprop': (partial(RMSProp, lr=1e-3, sqr_mom=0.99, eps=1e-8), torch.optim.RMSprop,
+                dict(lr=1e-3, alpha=0.99, eps=1e-8), False),
+}
+
+
+def bench_case(name, shapes, reps):
+    "Median ms/step of learnerlab and torch variants of case `name`, timed interleaved, and the max relative difference."
+    ll_func, torch_cls, torch_kw, has_fused = CASES[name]
+    base = make_params(shapes)
+    variants = {'learnerlab': ll_func(clone_params(base)),
+                'torch foreach': torch_cls(clone_params(base), foreach=True, **torch_kw)}
+    if has_fused: variants['torch fused'] = torch_cls(clone_params(base), fused=True, **torch_kw)
+    del base
+    times = {k: [] for k in variants}
+    for r in range(reps + 2):
+        for k, opt in variants.items():
+            t0 = time.perf_counter(); opt.step(); t1 = time.perf_counter()
+            if r >= 2: times[k].append((t1 - t0) * 1000)   # the first two rounds warm up (allocate state)
+    ref = 'torch fused' if has_fused else 'torch foreach'
+    ll_ps, ref_ps = variants['learnerlab'].param_lists[0], variants[ref].param_groups[0]['params']
+    rel = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item() for a, b in zip(ll_ps, ref_ps))
+    return {k: statistics.median(v) for k, v in times.items()}, rel
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--reps', type=int, default=25, help='interleaved timing rounds per case')
+    ap.add_argument('--threads', type=int, default=2, help='torch.set_num_threads')
+    ap.add_argument('--cases', default=','.join(CASES), help='comma-separated subset of ' + ','.join(CASES))
+    ap.add_argument('--sets', default='resnet34,2000x1000', help='parameter sets: resnet34, 2000x1000')
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.simplefilter('error', PerParameterWarning)   # the built-ins must never take the slow path here
+    sets = {'resnet34': resnet34_shapes, '2000x1000': lambda: [(1000,)] * 2000}
+    print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cpus, "
+          f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    header = f"{'params':<10} {'case':<8} {'learnerlab':>10} {'foreach':>9} {'fused':>9} {'ll/foreach':>10} {'ll/fused':>9} {'max rel diff':>13}"
+    print(header); print('-' * len(header))
+    for set_name in args.sets.split(','):
+        shapes = sets[set_name]()
+        for case in args.cases.split(','):
+            t, rel = bench_case(case, shapes, args.reps)
+            ll, fe, fu = t['learnerlab'], t['torch foreach'], t.get('torch fused')
+            fu_s, r_fu = (f"{fu:9.2f}", f"{ll / fu:9.2f}") if fu else (f"{'-':>9}", f"{'-':>9}")
+            print(f"{set_name:<10} {case:<8} {ll:10.2f} {fe:9.2f} {fu_s} {ll / fe:10.2f} {r_fu} {rel:13.1e}")
+    print("ms/step are medians; load average after: " + ' '.join(f'{x:.2f}' for x in os.getloadavg()))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,83 @@
+"""Data-parallel training on 2 CPU processes (gloo, 127.0.0.1), launched with torchrun.
+
+One job (tests/dist_scripts/train_ddp.py) trains on 2 ranks with 4 items per rank and batch; the
+tests here run the same training in this single process with batches of 8 in the same order and
+compare: final weights, the Recorder's values, predictions, which files were written, who printed.
+"""
+import sys, time
+from pathlib import Path
+
+import pytest
+import torch
+import fastcore.test as fct
+
+from learnerlab.distributed import run_torchrun
+from learnerlab.training import CSVLogger, SaveModelCallback, GradientAccumulation
+
+SCRIPTS = Path(__file__).parent/'dist_scripts'
+sys.path.insert(0, str(SCRIPTS))
+import train_ddp as job
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    "The 2-rank job's process and results (rank 0's)."
+    out = tmp_path_factory.mktemp('ddp')
+    proc = run_torchrun(SCRIPTS/'train_ddp.py', 'train', out, nproc=2, timeout=150)
+    return proc, torch.load(out/'results.pt', weights_only=False), out
+
+
+def single_learner(tmp_path, bs=8, cbs=None):
+    learn = job.make_learner(bs, tmp_path, cbs=cbs)
+    return learn
+
+
+def test_torch_ddp_reference_matches_one_process(run):
+    "Plain torch: DDP with 4 items per rank ends with the weights of 1 process with batches of 8."
+    _, res, _ = run
+    single = job.torch_reference(bs=8)
+    for k in single: fct.test_close(res['torch'][k], single[k], eps=1e-5)
+
+
+def test_learner_weights_and_metrics_match_one_process(run, tmp_path):
+    _, res, _ = run
+    learn = single_learner(tmp_path, cbs=[CSVLogger(), SaveModelCallback(fname='best')])
+    with learn.no_bar(), learn.no_logging(): learn.fit(job.N_EPOCH)
+    # one smoothed, rank-averaged training loss per global batch of 8, equal to the single-process ones
+    fct.test_eq(len(res['losses']), job.N_EPOCH * job.N_TRAIN // 8)
+    fct.test_close(res['losses'], torch.stack(learn.recorder.losses), eps=1e-5)
+    for k, v in learn.model.state_dict().items(): fct.test_close(res['weights'][k], v, eps=1e-5)
+    fct.test_eq(len(res['values']), job.N_EPOCH)
+    for dist_row, row in zip(res['values'], learn.recorder.values):
+        fct.test_close(torch.tensor(dist_row), torch.tensor(row), eps=1e-5)   # train_loss, valid_loss, accuracy
+    preds, targs = learn.get_preds()
+    fct.test_eq(res['preds'].shape, (job.N_VALID, 3))                 # the padding item was dropped
+    fct.test_close(res['preds'], preds, eps=1e-5)
+    fct.test_eq(res['targs'], targs)
+
+
+def test_gradient_accumulation_skips_sync_and_matches(run, tmp_path):
+    _, res, _ = run
+    learn = single_learner(tmp_path, cbs=[GradientAccumulation(n_acc=16)])
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    for k, v in learn.model.state_dict().items(): fct.test_close(res['ga_weights'][k], v, eps=1e-5)
+    fct.test_eq(res['ga_syncs'], [False, True] * 3)      # gradients averaged only before each optimizer step
+
+
+def test_only_rank0_writes_and_prints(run):
+    proc, res, out = run
+    files = sorted(str(p.relative_to(out)) for p in out.rglob('*') if p.is_file())
+    fct.test_eq(files, ['history.csv', 'models/best.pth', 'models/from_rank0.pth', 'results.pt'])
+    fct.test_eq(len((out/'history.csv').read_text().strip().splitlines()), 1 + job.N_EPOCH)
+    fct.test_eq(proc.stdout.count('train_loss'), 2)   # one results table per fit that finished, not one per rank
+    fct.test_eq(res['after_error'], 'unwrapped')
+
+
+def test_failing_rank_stops_the_job(tmp_path):
+    "Rank 1 raises mid-fit while rank 0 waits for it in DDP: the job ends, with rank 1's error, well before the timeout."
+    start = time.time()
+    with pytest.raises(RuntimeError, match='boom on rank 1'):
+        run_torchrun(SCRIPTS/'train_ddp.py', 'fail', tmp_path, nproc=2, timeout=90)
+    assert time.time() - start < 60

@@ -1,0 +1,261 @@
+"""learnerlab.optimizer against torch.optim: same parameters after 100 steps, on every execution path.
+
+Property tests (hypothesis) draw shapes, parameter groups and hyper-parameters; each learnerlab optimizer
+runs on its fused path, its multi-tensor path (`use_fused=False`) and the chapter's per-parameter loop
+(callbacks hidden from the multi-tensor registry), on the same fixed random gradients as the torch.optim
+optimizer with the matching settings. Then the bad-input errors, state round trips and freezing.
+"""
+import io, math, warnings
+from functools import partial
+
+import pytest
+import torch
+import fastcore.test as fct
+from hypothesis import given, settings, strategies as st, HealthCheck
+
+from learnerlab.optimizer import (Optimizer, SGD, RMSProp, Adam, PerParameterWarning, sgd_step,
+                                  average_grad, momentum_step)
+
+N_STEPS = 100
+PATHS = ('fused', 'multi', 'loop')
+prop_settings = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _hide(cb):
+    "A plain function calling `cb`: not in the multi-tensor registry, so the chain runs per parameter."
+    return lambda p, **kw: cb(p, **kw)
+
+
+def _make_groups(shapes_per_group, seed):
+    "Random parameters, one list per group, and an identical copy of them."
+    g = torch.Generator().manual_seed(seed)
+    groups = [[torch.randn(s, generator=g, dtype=torch.float32).requires_grad_() for s in shapes] for shapes in shapes_per_group]
+    copy = [[p.detach().clone().requires_grad_() for p in ps] for ps in groups]
+    return groups, copy
+
+
+def _run_both(ll_func, ll_group_kw, torch_cls, torch_group_kw, shapes_per_group, path, seed=0, n_steps=N_STEPS):
+    "Run learnerlab's and torch's optimizers on the same gradients for `n_steps`; return both sets of parameters."
+    ll_groups, t_groups = _make_groups(shapes_per_group, seed)
+    opt = ll_func([{'params': ps, **kw} for ps, kw in zip(ll_groups, ll_group_kw)])
+    if path == 'multi': opt.use_fused = False
+    if path == 'loop': opt.cbs = [_hide(cb) for cb in opt.cbs]
+    topt = torch_cls([{'params': ps, **kw} for ps, kw in zip(t_groups, torch_group_kw)])
+    g = torch.Generator().manual_seed(seed + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', PerParameterWarning)
+        for _ in range(n_steps):
+            for ps, tps in zip(ll_groups, t_groups):
+                for p, tp in zip(ps, tps):
+                    grad = torch.randn(p.shape, generator=g)
+                    p.grad, tp.grad = grad.clone(), grad.clone()
+            opt.step(); topt.step()
+    return [p for ps in ll_groups for p in ps], [p for ps in t_groups for p in ps]
+
+
+def _assert_same(ll_ps, t_ps):
+    for a, b in zip(ll_ps, t_ps):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-5)
+
+
+shape = st.lists(st.integers(1, 6), min_size=1, max_size=2).map(tuple)
+groups_of_shapes = st.lists(st.lists(shape, min_size=1, max_size=3), min_size=1, max_size=3)
+lrs = st.floats(1e-4, 0.05)
+wds = st.sampled_from([0., 1e-3, 0.1])
+moms = st.floats(0.5, 0.95)
+sqr_moms = st.floats(0.9, 0.999)
+epss = st.sampled_from([1e-8, 1e-5, 1e-3])
+paths = st.sampled_from(PATHS)
+
+
+@prop_settings
+@given(groups_of_shapes, st.data(), paths)
+def test_sgd_matches_torch(shapes, data, path):
+    "Plain SGD with L2 weight decay (what torch calls weight_decay), several groups."
+    hp = [dict(lr=data.draw(lrs), wd=data.draw(wds)) for _ in shapes]
+    ll, t = _run_both(partial(SGD, lr=0.1, decouple_wd=False), hp, partial(torch.optim.SGD, lr=0.1),
+                      [dict(lr=h['lr'], weight_decay=h['wd']) for h in hp], shapes, path)
+    _assert_same(ll, t)
+
+
+@prop_settings
+@given(groups_of_shapes, st.data(), paths)
+def test_sgd_momentum_matches_torch(shapes, data, path):
+    "SGD with momentum (undamped) and L2 weight decay."
+    mom = data.draw(moms)
+    hp = [dict(lr=data.draw(lrs), wd=data.draw(wds)) for _ in shapes]
+    ll, t = _run_both(partial(SGD, lr=0.1, mom=mom, decouple_wd=False), hp,
+                      partial(torch.optim.SGD, lr=0.1, momentum=mom),
+                      [dict(lr=h['lr'], weight_decay=h['wd']) for h in hp], shapes, path)
+    _assert_same(ll, t)
+
+
+@prop_settings
+@given(groups_of_shapes, st.data(), paths, st.sampled_from([0., 0.5, 0.9]))
+def test_rmsprop_matches_torch(shapes, data, path, mom):
+    "RMSProp, with and without momentum, L2 weight decay."
+    sqr_mom, eps = data.draw(sqr_moms), data.draw(epss)
+    hp = [dict(lr=data.draw(lrs), wd=data.draw(wds)) for _ in shapes]
+    ll, t = _run_both(partial(RMSProp, lr=0.1, sqr_mom=sqr_mom, mom=mom, eps=eps, decouple_wd=False), hp,
+                      partial(torch.optim.RMSprop, lr=0.1, alpha=sqr_mom, momentum=mom, eps=eps),
+                      [dict(lr=h['lr'], weight_decay=h['wd']) for h in hp], shapes, path)
+    _assert_same(ll, t)
+
+
+@prop_settings
+@given(groups_of_shapes, st.data(), paths)
+def test_adam_l2_matches_torch_adam(shapes, data, path):
+    "Adam with decouple_wd=False is torch.optim.Adam with weight_decay."
+    mom, sqr_mom, eps = data.draw(moms), data.draw(sqr_moms), data.draw(epss)
+    hp = [dict(lr=data.draw(lrs), wd=data.draw(wds)) for _ in shapes]
+    ll, t = _run_both(partial(Adam, lr=0.1, mom=mom, sqr_mom=sqr_mom, eps=eps, decouple_wd=False), hp,
+                      partial(torch.optim.Adam, lr=0.1, betas=(mom, sqr_mom), eps=eps),
+                      [dict(lr=h['lr'], weight_decay=h['wd']) for h in hp], shapes, path)
+    _assert_same(ll, t)
+
+
+@prop_settings
+@given(groups_of_shapes, st.data(), paths)
+def test_adamw_matches_torch_adamw(shapes, data, path):
+    "Adam with decoupled weight decay (the default) is torch.optim.AdamW."
+    mom, sqr_mom, eps = data.draw(moms), data.draw(sqr_moms), data.draw(epss)
+    hp = [dict(lr=data.draw(lrs), wd=data.draw(wds)) for _ in shapes]
+    ll, t = _run_both(partial(Adam, lr=0.1, mom=mom, sqr_mom=sqr_mom, eps=eps), hp,
+                      partial(torch.optim.AdamW, lr=0.1, betas=(mom, sqr_mom), eps=eps),
+                      [dict(lr=h['lr'], weight_decay=h['wd']) for h in hp], shapes, path)
+    _assert_same(ll, t)
+
+
+def test_paths_give_same_state():
+    "Fused, multi-tensor and per-parameter paths leave the same state names and values."
+    sds = []
+    for path in PATHS:
+        groups, _ = _make_groups([[(3, 2), (4,)], [(5,)]], seed=3)
+        opt = Adam([{'params': ps} for ps in groups], lr=0.01)
+        if path == 'multi': opt.use_fused = False
+        if path == 'loop': opt.cbs = [_hide(cb) for cb in opt.cbs]
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', PerParameterWarning)
+            for i in range(4):
+                for p in (p for ps in groups for p in ps): p.grad = torch.full_like(p, float(i + 1))
+                opt.step()
+        sds.append(opt.state_dict())
+    for sd in sds[1:]:
+        fct.test_eq([sorted(s) for s in sd['state']], [sorted(s) for s in sds[0]['state']])
+        for s0, s1 in zip(sds[0]['state'], sd['state']):
+            for k in s0: torch.testing.assert_close(s0[k], s1[k], rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _w(): return torch.zeros(2, requires_grad=True)
+
+
+def test_bad_lr():
+    fct.test_fail(lambda: Adam([_w()], lr=-1e-3), contains='lr must be >= 0')
+    fct.test_fail(lambda: SGD([_w()], lr=float('nan')), contains='lr is NaN')
+    opt = SGD([_w()], lr=0.1)
+    fct.test_fail(lambda: opt.set_hyper('lr', -0.1), contains='lr must be >= 0')
+    fct.test_fail(lambda: opt.set_hyper('lr', float('nan')), contains='lr is NaN')
+
+
+def test_unknown_hyper():
+    opt = Adam([_w()], lr=0.1)
+    fct.test_fail(lambda: opt.set_hyper('learning_rate', 0.1), contains="unknown hyper-parameter 'learning_rate'")
+    opt.set_hyper('mom', 0.8)   # standard names always work
+    fct.test_eq(opt.hypers[0]['mom'], 0.8)
+
+
+def test_wrong_number_of_values():
+    opt = SGD([[_w()], [_w()]], lr=0.1)
+    fct.test_fail(lambda: opt.set_hyper('lr', [0.1, 0.2, 0.3]), contains='3 values for 2 parameter groups')
+    opt.set_hyper('lr', [0.1, 0.2])
+    fct.test_eq([h['lr'] for h in opt.hypers], [0.1, 0.2])
+
+
+def test_params_not_tensors():
+    fct.test_fail(lambda: SGD([_w(), 'bias'], lr=0.1), contains='params: item 1')
+    fct.test_fail(lambda: SGD([[_w()], [1.0]], lr=0.1), contains='not a tensor')
+
+
+def test_duplicate_params():
+    w = _w()
+    fct.test_fail(lambda: SGD([[w], [w]], lr=0.1), contains='appears twice')
+    fct.test_fail(lambda: SGD([w, w], lr=0.1), contains='appears twice')
+
+
+def test_callback_returning_non_dict():
+    def bad(p, **kw): return [1]
+    w = _w(); w.grad = torch.ones(2)
+    opt = Optimizer([w], cbs=[bad], lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', PerParameterWarning)
+        fct.test_fail(opt.step, contains='callback bad returned a list')
+
+
+def test_state_dict_from_other_layout():
+    w = _w(); w.grad = torch.ones(2)
+    opt = Adam([w], lr=0.1); opt.step()
+    other = Adam([torch.zeros(3, requires_grad=True)], lr=0.1)
+    fct.test_fail(lambda: other.load_state_dict(opt.state_dict()), contains='saved for 1 group(s)')
+    fct.test_fail(lambda: other.load_state_dict({'x': 1}), contains='made by Optimizer.state_dict')
+
+
+# ---------------------------------------------------------------- state and freezing
+
+
+def test_state_dict_round_trip():
+    "Save after 5 steps, load into a fresh optimizer over copies, continue both: identical."
+    groups, copy = _make_groups([[(4, 3)], [(3,)]], seed=5)
+    opt = Adam([{'params': ps} for ps in groups], lr=0.01, wd=0.1)
+    g = torch.Generator().manual_seed(0)
+    grads = [[torch.randn(p.shape, generator=g) for p in ps] for ps in groups for _ in range(10)]
+    def step(o, gs, i):
+        for p, gr in zip(gs, grads[i]): p.grad = gr.clone()
+        o.step()
+    flat, flat_copy = [p for ps in groups for p in ps], [p for ps in copy for p in ps]
+    for i in range(5): step(opt, flat, i)
+    buf = io.BytesIO(); torch.save(opt.state_dict(), buf); buf.seek(0)
+    with torch.no_grad():
+        for p, q in zip(flat, flat_copy): q.copy_(p)
+    opt2 = Adam([{'params': ps} for ps in copy], lr=0.5)
+    opt2.load_state_dict(torch.load(buf, weights_only=True))
+    fct.test_eq(opt2.hypers[0]['lr'], 0.01)
+    for i in range(5, 10): step(opt, flat, i); step(opt2, flat_copy, i)
+    for p, q in zip(flat, flat_copy): fct.test_eq(p.detach(), q.detach())
+
+
+def test_frozen_group_gets_no_step_and_no_weight_decay():
+    a, b = torch.ones(3, requires_grad=True), torch.ones(3, requires_grad=True)
+    opt = Adam([[a], [b]], lr=0.1, wd=0.5)
+    a.grad, b.grad = torch.ones(3), torch.ones(3)
+    opt.freeze()
+    for _ in range(3): opt.step()
+    fct.test_eq(a.detach(), torch.ones(3))
+    assert (b.detach() < 1).all()
+    opt.unfreeze(); opt.step()
+    assert (a.detach() < 1).all()
+
+
+def test_slow_path_warns_once_and_trains():
+    def my_sgd(p, lr, **kw): p.data.add_(p.grad, alpha=-lr)
+    w = torch.ones(2, requires_grad=True); w.grad = torch.ones(2)
+    opt = Optimizer([w], cbs=[my_sgd], lr=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        for _ in range(3): opt.step()
+    fct.test_eq(sum(issubclass(c.category, PerParameterWarning) for c in caught), 1)
+    fct.test_close(w.detach(), torch.tensor([-0.5, -0.5]))
+
+
+def test_chapter_chain_trains_on_fast_path():
+    "The exported chapter callbacks, put together as the chapter does, take the fused path silently."
+    w = torch.ones(2, requires_grad=True)
+    opt = Optimizer([w], cbs=[average_grad, momentum_step], mom=0.9, lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', PerParameterWarning)
+        for _ in range(3):
+            w.grad = 2 * w.detach()   # gradient of sum(w**2)
+            opt.step()
+    assert (w.detach().abs() < 1).all()
