@@ -8,14 +8,16 @@ Docs: https://learnerlab.github.io/learnerlab/optimizer.html.md"""
 __all__ = ['STANDARD_HYPERS', 'MULTI_TENSOR', 'spread_values', 'Optimizer', 'set_hyper', 'set_hypers', 'freeze_to', 'freeze',
            'unfreeze', 'state_dict', 'load_state_dict', 'clear_state', 'sgd_step', 'sgd_cb', 'weight_decay', 'l2_reg',
            'average_grad', 'average_sqr_grad', 'step_stat', 'momentum_step', 'rms_prop_step', 'debias', 'adam_step',
-           'SGD', 'RMSProp', 'Adam', 'PerParameterWarning', 'register_multi_tensor']
+           'SGD', 'RMSProp', 'Adam', 'radam_step', 'RAdam', 'qhadam_step', 'QHAdam', 'lamb_step', 'LAMB',
+           'larc_layer_lr', 'larc_step', 'Larc', 'Lookahead', 'ranger', 'OptimWrapper', 'PerParameterWarning',
+           'register_multi_tensor']
 
-# %% ../nbs/01_optimizer.ipynb #e1f4d1f8
+# %% ../nbs/01_optimizer.ipynb #44aa4fdd
 import math, inspect, warnings
 from functools import partial
 import torch
 
-# %% ../nbs/01_optimizer.ipynb #cd01f679
+# %% ../nbs/01_optimizer.ipynb #2fd5b101
 def _check_params(ps, where):
     "Materialise `ps` as a list of tensors, raising a clear error on anything else."
     if isinstance(ps, torch.Tensor): ps = [ps]
@@ -26,7 +28,7 @@ def _check_params(ps, where):
                             "pass model.parameters(), a list of tensors, or a list of parameter groups")
     return ps
 
-# %% ../nbs/01_optimizer.ipynb #43cd64da
+# %% ../nbs/01_optimizer.ipynb #4fbe8b37
 def _param_groups(params):
     "Split `params` into a list of parameter lists and a list of per-group hyper overrides."
     if isinstance(params, torch.Tensor): params = [params]
@@ -52,7 +54,7 @@ def _param_groups(params):
             seen[id(p)] = gi
     return groups, overrides
 
-# %% ../nbs/01_optimizer.ipynb #6b468c3d
+# %% ../nbs/01_optimizer.ipynb #c35f1a56
 STANDARD_HYPERS = ('lr', 'mom', 'sqr_mom', 'eps', 'wd')
 
 def _check_hyper(name, v):
@@ -62,7 +64,7 @@ def _check_hyper(name, v):
         if math.isnan(v): raise ValueError(f"{name} is NaN; pass a number")
         if name == 'lr' and v < 0: raise ValueError(f"lr must be >= 0, got {v}; pass a positive learning rate")
 
-# %% ../nbs/01_optimizer.ipynb #c249f7f2
+# %% ../nbs/01_optimizer.ipynb #b2d0090a
 def spread_values(v, n):
     "List of `n` values from `v`: a number, a list of `n` values, or a `slice(lo, hi)` spread geometrically."
     if isinstance(v, slice):
@@ -75,7 +77,7 @@ def spread_values(v, n):
         return list(v)
     return [v] * n
 
-# %% ../nbs/01_optimizer.ipynb #6d35a1d3
+# %% ../nbs/01_optimizer.ipynb #9a3a1597
 def _update(state, new, cb):
     "Update the per-parameter `state` with the dict `new` returned by callback `cb`."
     if new is None: return state
@@ -86,7 +88,7 @@ def _update(state, new, cb):
     state.update(new)
     return state
 
-# %% ../nbs/01_optimizer.ipynb #f39f83ad
+# %% ../nbs/01_optimizer.ipynb #2fc43685
 def _cb_names(cbs):
     "Keyword names that the callbacks `cbs` accept."
     names = set()
@@ -95,7 +97,7 @@ def _cb_names(cbs):
         except (TypeError, ValueError): pass
     return names
 
-# %% ../nbs/01_optimizer.ipynb #9a508a4c
+# %% ../nbs/01_optimizer.ipynb #06333048
 class Optimizer:
     "An optimizer that runs the callbacks `cbs` on each parameter, with hyper-parameters per group."
     def __init__(self, params, cbs, train_bn=True, **defaults):
@@ -126,12 +128,12 @@ class Optimizer:
             for cb in self.cbs: state = _update(state, cb(p, **{**state, **hyper}), cb)
             self.state[p] = state
 
-# %% ../nbs/01_optimizer.ipynb #e44088ea
+# %% ../nbs/01_optimizer.ipynb #c2d79bbc
 def _init_fast(self): self._fast = None
 def _fast_step(self): return False
 Optimizer._init_fast, Optimizer._fast_step = _init_fast, _fast_step
 
-# %% ../nbs/01_optimizer.ipynb #afcdb1c6
+# %% ../nbs/01_optimizer.ipynb #b5687215
 def set_hyper(self, k, v):
     "Set hyper-parameter `k` to `v` (a number, a list with one value per group, or a slice) in every group."
     known = set(STANDARD_HYPERS) | {n for h in self.hypers for n in h} | _cb_names(self.cbs)
@@ -147,7 +149,7 @@ def set_hypers(self, **kwargs):
 
 Optimizer.set_hyper, Optimizer.set_hypers = set_hyper, set_hypers
 
-# %% ../nbs/01_optimizer.ipynb #1bc4cd2c
+# %% ../nbs/01_optimizer.ipynb #6943a96a
 def freeze_to(self, n):
     "Freeze the parameter groups before index `n` (negative counts from the end), unfreeze the rest."
     ng = len(self.param_lists)
@@ -168,7 +170,7 @@ def unfreeze(self):
 
 Optimizer.freeze_to, Optimizer.freeze, Optimizer.unfreeze = freeze_to, freeze, unfreeze
 
-# %% ../nbs/01_optimizer.ipynb #22f78226
+# %% ../nbs/01_optimizer.ipynb #04613562
 def _layout(self):
     "The shape of each parameter, group by group."
     return [[tuple(p.shape) for p in pg] for pg in self.param_lists]
@@ -200,7 +202,7 @@ def clear_state(self):
 Optimizer._layout, Optimizer.state_dict, Optimizer.load_state_dict = _layout, state_dict, load_state_dict
 Optimizer.clear_state = clear_state
 
-# %% ../nbs/01_optimizer.ipynb #a97d66d4
+# %% ../nbs/01_optimizer.ipynb #514f1e14
 def sgd_step(p, lr, **kwargs):
     "Move `p` against its gradient: `p -= lr * grad`."
     p.data.add_(p.grad.data, alpha=-lr)
@@ -209,7 +211,7 @@ def sgd_cb(p, lr, **kwargs):
     "The chapter's name for `sgd_step`: `p -= lr * grad`."
     p.data.add_(p.grad.data, alpha=-lr)
 
-# %% ../nbs/01_optimizer.ipynb #7c1f0296
+# %% ../nbs/01_optimizer.ipynb #d7fa0c0d
 def weight_decay(p, lr, wd, **kwargs):
     "Decoupled weight decay: `p *= 1 - lr*wd`."
     if wd != 0: p.data.mul_(1 - lr * wd)
@@ -218,7 +220,7 @@ def l2_reg(p, wd, **kwargs):
     "L2 regularisation: add `wd*p` to the gradient."
     if wd != 0: p.grad.data.add_(p.data, alpha=wd)
 
-# %% ../nbs/01_optimizer.ipynb #ec60899f
+# %% ../nbs/01_optimizer.ipynb #0e2fdb73
 def average_grad(p, mom, dampening=False, grad_avg=None, **kwargs):
     "Moving average of the gradients, in state `grad_avg`; `dampening` multiplies the new gradient by `1-mom`."
     if grad_avg is None: grad_avg = torch.zeros_like(p.grad.data)
@@ -232,14 +234,14 @@ def average_sqr_grad(p, sqr_mom, dampening=True, sqr_avg=None, **kwargs):
     sqr_avg.mul_(sqr_mom).addcmul_(p.grad.data, p.grad.data, value=(1 - sqr_mom) if dampening else 1.)
     return {'sqr_avg': sqr_avg}
 
-# %% ../nbs/01_optimizer.ipynb #73aab3e6
+# %% ../nbs/01_optimizer.ipynb #e23e9d61
 def step_stat(p, step=None, **kwargs):
     "Count the steps taken, in state `step` (a 0-d float32 tensor)."
     if step is None: step = torch.zeros((), dtype=torch.float32, device=p.device)
     step += 1
     return {'step': step}
 
-# %% ../nbs/01_optimizer.ipynb #a90e72d9
+# %% ../nbs/01_optimizer.ipynb #ffe298bd
 def momentum_step(p, lr, grad_avg, **kwargs):
     "Move `p` along the averaged gradient: `p -= lr * grad_avg`."
     p.data.add_(grad_avg, alpha=-lr)
@@ -256,7 +258,7 @@ def rms_prop_step(p, lr, sqr_avg, eps, grad_avg=None, mom=0., mom_buf=None, **kw
     p.data.add_(mom_buf, alpha=-lr)
     return {'mom_buf': mom_buf}
 
-# %% ../nbs/01_optimizer.ipynb #104ea0f1
+# %% ../nbs/01_optimizer.ipynb #4f63f0da
 def debias(mom, step):
     "The debiasing factor `1 - mom**step` for a damped moving average after `step` steps."
     return 1 - mom ** step
@@ -268,31 +270,236 @@ def adam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     denom = (sqr_avg.sqrt() / math.sqrt(debias(sqr_mom, step))).add_(eps)
     p.data.addcdiv_(grad_avg, denom, value=-step_size)
 
-# %% ../nbs/01_optimizer.ipynb #3d73ddee
+# %% ../nbs/01_optimizer.ipynb #ba75d480
 def SGD(params, lr, mom=0., wd=0., decouple_wd=True):
     "SGD with optional momentum (undamped, as `torch.optim.SGD`) and weight decay (decoupled, or L2 with `decouple_wd=False`)."
     cbs = [weight_decay if decouple_wd else l2_reg]
     cbs += [average_grad, momentum_step] if mom != 0 else [sgd_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, wd=wd)
 
-# %% ../nbs/01_optimizer.ipynb #8f26499b
+# %% ../nbs/01_optimizer.ipynb #669636cf
 def RMSProp(params, lr, sqr_mom=0.99, mom=0., eps=1e-8, wd=0., decouple_wd=True):
     "RMSProp (PyTorch's form, momentum on the normalised step) with decoupled or L2 weight decay."
     cbs = [weight_decay if decouple_wd else l2_reg, average_sqr_grad, rms_prop_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
 
-# %% ../nbs/01_optimizer.ipynb #d214613b
+# %% ../nbs/01_optimizer.ipynb #bcc38b9c
 def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True):
     "Adam with fastai's defaults; decoupled weight decay (AdamW) unless `decouple_wd=False` (L2, like `torch.optim.Adam`)."
     cbs = [weight_decay if decouple_wd else l2_reg, partial(average_grad, dampening=True),
            average_sqr_grad, step_stat, adam_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
 
-# %% ../nbs/01_optimizer.ipynb #1f14b386
+# %% ../nbs/01_optimizer.ipynb #2a9edc86
+def radam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
+    "RAdam's rectified Adam step (momentum-only while the variance estimate is unreliable), as in `torch.optim.RAdam`."
+    step = float(step)
+    d1, d2 = debias(mom, step), debias(sqr_mom, step)
+    rho_inf = 2 / (1 - sqr_mom) - 1
+    rho = rho_inf - 2 * step * sqr_mom ** step / d2
+    if rho > 5:
+        rect = ((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)) ** 0.5
+        adaptive = math.sqrt(d2) / sqr_avg.sqrt().add_(eps)
+        p.data.add_(grad_avg / d1 * lr * adaptive * rect, alpha=-1.)
+    else: p.data.add_(grad_avg / d1 * lr, alpha=-1.)
+
+def RAdam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True):
+    "RAdam: Adam with a rectified adaptive learning rate."
+    cbs = [weight_decay if decouple_wd else l2_reg, partial(average_grad, dampening=True), average_sqr_grad,
+           step_stat, radam_step]
+    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
+
+# %% ../nbs/01_optimizer.ipynb #5230c646
+def qhadam_step(p, lr, mom, sqr_mom, sqr_avg, nu_1, nu_2, step, grad_avg, eps, **kwargs):
+    "QHAdam's step: Adam on a mix `nu_1` of averaged and current gradient (and `nu_2` for the squares)."
+    step, g = float(step), p.grad.data
+    num = g * (1 - nu_1) + grad_avg / debias(mom, step) * nu_1
+    den = (g * g * (1 - nu_2) + sqr_avg / debias(sqr_mom, step) * nu_2).sqrt().add_(eps)
+    p.data.addcdiv_(num, den, value=-lr)
+
+def QHAdam(params, lr, mom=0.999, sqr_mom=0.999, nu_1=0.7, nu_2=1.0, eps=1e-8, wd=0., decouple_wd=True):
+    "QHAdam: quasi-hyperbolic Adam."
+    cbs = [weight_decay if decouple_wd else l2_reg, partial(average_grad, dampening=True), average_sqr_grad,
+           step_stat, qhadam_step]
+    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, nu_1=nu_1, nu_2=nu_2, eps=eps, wd=wd)
+
+# %% ../nbs/01_optimizer.ipynb #70f0da3f
+def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
+    "LAMB's step: Adam's update scaled per tensor by the trust ratio `||p|| / ||update||` (at most 10)."
+    step = float(step)
+    upd = (grad_avg / debias(mom, step)) / ((sqr_avg / debias(sqr_mom, step)).sqrt() + eps)
+    r1, r2 = p.data.norm().item(), upd.norm().item()
+    q = 1. if r1 == 0 or r2 == 0 else min(r1 / r2, 10.)
+    p.data.add_(upd, alpha=-lr * q)
+
+def LAMB(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True):
+    "LAMB: Adam with a layer-wise trust ratio."
+    cbs = [weight_decay if decouple_wd else l2_reg, partial(average_grad, dampening=True), average_sqr_grad,
+           step_stat, lamb_step]
+    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
+
+# %% ../nbs/01_optimizer.ipynb #e2abf1c0
+def larc_layer_lr(p, lr, trust_coeff, wd, eps, clip=True, **kwargs):
+    "The per-tensor learning rate of LARS (`clip=False`) or LARC (`clip=True`), in state `local_lr`."
+    p_norm, g_norm = p.data.norm().item(), p.grad.data.norm().item()
+    if p_norm == 0 or g_norm == 0: return {'local_lr': lr}
+    local_lr = lr * trust_coeff * p_norm / (g_norm + p_norm * wd + eps)
+    return {'local_lr': min(lr, local_lr) if clip else local_lr}
+
+def larc_step(p, local_lr, grad_avg=None, **kwargs):
+    "SGD step with the per-tensor learning rate `local_lr` (along `grad_avg` if momentum is used)."
+    p.data.add_(p.grad.data if grad_avg is None else grad_avg, alpha=-local_lr)
+
+def Larc(params, lr, mom=0.9, clip=True, trust_coeff=0.02, eps=1e-8, wd=0., decouple_wd=True):
+    "LARC (or LARS with `clip=False`): SGD with momentum and a per-tensor learning rate."
+    cbs = [weight_decay if decouple_wd else l2_reg]
+    if mom != 0: cbs.append(average_grad)
+    cbs += [partial(larc_layer_lr, clip=clip), larc_step]
+    return Optimizer(params, cbs, lr=lr, mom=mom, trust_coeff=trust_coeff, eps=eps, wd=wd)
+
+# %% ../nbs/01_optimizer.ipynb #52746b40
+class Lookahead:
+    "Wrap optimizer `opt`: every `k` steps, move slow weights `alpha` of the way to the fast ones and restart from them."
+    def __init__(self, opt, k=6, alpha=0.5):
+        if k < 1: raise ValueError(f"Lookahead: k must be >= 1, got {k}")
+        if not 0 < alpha <= 1: raise ValueError(f"Lookahead: alpha must be in (0, 1], got {alpha}")
+        self.opt, self.k, self.alpha, self.count, self.slow = opt, k, alpha, 0, None
+
+    @property
+    def param_lists(self): return self.opt.param_lists
+    @property
+    def hypers(self): return self.opt.hypers
+    @property
+    def state(self): return self.opt.state
+    @property
+    def cbs(self): return self.opt.cbs
+
+    def _params(self): return [p for pg in self.param_lists for p in pg]
+
+    @torch.no_grad()
+    def step(self):
+        "One inner step; every `k`-th, the lookahead update."
+        if self.slow is None: self.slow = [p.detach().clone() for p in self._params()]
+        self.opt.step()
+        self.count += 1
+        if self.count % self.k: return
+        fast = self._params()
+        torch._foreach_lerp_(self.slow, fast, self.alpha)
+        torch._foreach_copy_(fast, self.slow)
+
+    def state_dict(self):
+        "The inner optimizer's state plus the slow weights and the step count."
+        return {'opt': self.opt.state_dict(), 'slow': self.slow, 'count': self.count}
+
+    def load_state_dict(self, sd):
+        "Load a `state_dict` of a `Lookahead`."
+        if not isinstance(sd, dict) or set(sd) != {'opt', 'slow', 'count'}:
+            raise ValueError("load_state_dict: sd must be a dict made by Lookahead.state_dict()")
+        self.opt.load_state_dict(sd['opt'])
+        self.slow = None if sd['slow'] is None else [s.detach().clone() for s in sd['slow']]
+        self.count = sd['count']
+
+    def clear_state(self):
+        "Forget the inner optimizer's state and the slow weights."
+        self.opt.clear_state(); self.slow, self.count = None, 0
+
+    def all_params(self, n=slice(None), with_grad=False): return self.opt.all_params(n, with_grad)
+    def zero_grad(self): self.opt.zero_grad()
+    def set_hyper(self, k, v): self.opt.set_hyper(k, v)
+    def set_hypers(self, **kwargs): self.opt.set_hypers(**kwargs)
+    def freeze_to(self, n): self.opt.freeze_to(n)
+    def freeze(self): self.opt.freeze()
+    def unfreeze(self): self.opt.unfreeze()
+
+# %% ../nbs/01_optimizer.ipynb #1c56c0b6
+def ranger(params, lr, mom=0.95, sqr_mom=0.99, eps=1e-6, wd=0.01, k=6, alpha=0.5, decouple_wd=True):
+    "Ranger: `Lookahead` around `RAdam`."
+    return Lookahead(RAdam(params, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, decouple_wd=decouple_wd), k=k, alpha=alpha)
+
+# %% ../nbs/01_optimizer.ipynb #ee9f602c
+def _default_hp_map(torch_defaults):
+    "learnerlab name -> torch name (or `(name, index)` into a tuple) for a torch optimizer with `torch_defaults`."
+    m = {'lr': 'lr', 'wd': 'weight_decay', 'eps': 'eps'}
+    if 'betas' in torch_defaults: m.update(mom=('betas', 0), sqr_mom=('betas', 1))
+    else:
+        if 'momentum' in torch_defaults: m['mom'] = 'momentum'
+        if 'alpha' in torch_defaults: m['sqr_mom'] = 'alpha'
+    return m
+
+def _torch_defaults(opt_cls):
+    "The keyword defaults of the torch optimizer class `opt_cls`."
+    return {k: v.default for k, v in inspect.signature(opt_cls).parameters.items() if v.default is not inspect.Parameter.empty}
+
+# %% ../nbs/01_optimizer.ipynb #26465af6
+class OptimWrapper:
+    "Use the `torch.optim` optimizer class `opt` through learnerlab's interface, with hyper names translated by `hp_map`."
+    def __init__(self, params, opt=torch.optim.AdamW, hp_map=None, train_bn=True, **kwargs):
+        if not (isinstance(opt, type) and issubclass(opt, torch.optim.Optimizer)):
+            raise TypeError(f"OptimWrapper: opt must be a torch.optim.Optimizer class, got {opt!r}")
+        groups, overrides = _param_groups(params)
+        self.hp_map = {**_default_hp_map(_torch_defaults(opt)), **(hp_map or {})}
+        self.train_bn = train_bn
+        self.opt = opt([{'params': g} for g in groups])
+        for k, v in kwargs.items(): self.set_hyper(k, v)
+        for i, o in enumerate(overrides):
+            for k, v in o.items(): self._set_one(self.opt.param_groups[i], k, v)
+
+    def _set_one(self, pg, k, v):
+        _check_hyper(k, v)
+        name = self.hp_map.get(k, k)
+        if isinstance(name, tuple):
+            vals = list(pg[name[0]]); vals[name[1]] = v; pg[name[0]] = tuple(vals)
+        else: pg[name] = v
+
+    def _get_one(self, pg, k):
+        name = self.hp_map.get(k, k)
+        return pg[name[0]][name[1]] if isinstance(name, tuple) else pg[name]
+
+    @property
+    def param_lists(self): return [pg['params'] for pg in self.opt.param_groups]
+    @property
+    def hypers(self):
+        "Hyper-parameters per group, in learnerlab's names (read-only view: use `set_hyper` to change them)."
+        out = []
+        for pg in self.opt.param_groups:
+            h = {k: self._get_one(pg, k) for k in self.hp_map if isinstance(self.hp_map[k], tuple) or self.hp_map[k] in pg}
+            h.update({k: v for k, v in pg.items() if k in STANDARD_HYPERS and k not in h})
+            out.append(h)
+        return out
+    @property
+    def state(self): return self.opt.state
+    @property
+    def cbs(self): return []
+
+    def set_hyper(self, k, v):
+        "Set hyper-parameter `k` (learnerlab name) to `v`: a number, a list per group, or a slice."
+        known = set(STANDARD_HYPERS) | set(self.hp_map) | {n for pg in self.opt.param_groups for n in pg if n != 'params'}
+        if k not in known: raise KeyError(f"set_hyper: unknown hyper-parameter {k!r}; known names: {sorted(known)}")
+        for pg, v in zip(self.opt.param_groups, spread_values(v, len(self.opt.param_groups))): self._set_one(pg, k, v)
+
+    def set_hypers(self, **kwargs):
+        "Set several hyper-parameters at once."
+        for k, v in kwargs.items(): self.set_hyper(k, v)
+
+    def all_params(self, n=slice(None), with_grad=False):
+        "Yield `(p, group, state, hyper)` like `Optimizer.all_params`."
+        for pg, hyper in zip(self.param_lists[n], self.hypers[n]):
+            for p in pg:
+                if not with_grad or p.grad is not None: yield p, pg, self.opt.state.get(p, {}), hyper
+
+    def step(self): self.opt.step()
+    def zero_grad(self): self.opt.zero_grad()
+    def state_dict(self): return self.opt.state_dict()
+    def load_state_dict(self, sd): self.opt.load_state_dict(sd)
+    def clear_state(self): self.opt.state.clear()
+
+OptimWrapper.freeze_to, OptimWrapper.freeze, OptimWrapper.unfreeze = freeze_to, freeze, unfreeze
+
+# %% ../nbs/01_optimizer.ipynb #c017901b
 class PerParameterWarning(UserWarning):
     "Warned once when an optimizer's callback chain has to run on the (slow) per-parameter path."
 
-# %% ../nbs/01_optimizer.ipynb #d46d3c29
+# %% ../nbs/01_optimizer.ipynb #98a4f231
 def _fill(lst, like, make):
     "Replace each `None` in `lst` by `make(t)` for the matching tensor `t` of `like`."
     for i, v in enumerate(lst):
@@ -357,7 +564,7 @@ def _mt_adam_step(ps, grads, st, hyper):
     torch._foreach_add_(denom, hyper['eps'])
     torch._foreach_addcdiv_(ps, st['grad_avg'], denom, step_sizes)
 
-# %% ../nbs/01_optimizer.ipynb #a7fb2bde
+# %% ../nbs/01_optimizer.ipynb #ad2d9799
 MULTI_TENSOR = {}
 
 def register_multi_tensor(cb, form, state_names=()):
@@ -373,7 +580,7 @@ for _cb, _form, _names in [(sgd_step, _mt_sgd_step, ()), (sgd_cb, _mt_sgd_step, 
                            (rms_prop_step, _mt_rms_prop_step, ('mom_buf',)), (adam_step, _mt_adam_step, ())]:
     register_multi_tensor(_cb, _form, _names)
 
-# %% ../nbs/01_optimizer.ipynb #43806dc6
+# %% ../nbs/01_optimizer.ipynb #1755f63a
 def _cb_key(cb):
     "`(function, sorted keywords)` for a registered callback or a keyword-only partial of one, else None."
     if isinstance(cb, partial):
@@ -386,7 +593,7 @@ def _cb_name(cb):
     f = cb.func if isinstance(cb, partial) else cb
     return getattr(f, '__name__', repr(f))
 
-# %% ../nbs/01_optimizer.ipynb #c082d4f0
+# %% ../nbs/01_optimizer.ipynb #07f7b46f
 _WD_KEYS = {(weight_decay, ()): True, (l2_reg, ()): False}
 _FUSED_CHAINS = {
     ((sgd_step, ()),): 'sgd', ((sgd_cb, ()),): 'sgd',
@@ -403,7 +610,7 @@ def _fused_kind(keys):
     kind = _FUSED_CHAINS.get(tuple(keys))
     return None if kind is None else (kind, decoupled)
 
-# %% ../nbs/01_optimizer.ipynb #13e50e32
+# %% ../nbs/01_optimizer.ipynb #3513ad18
 def _fused_sgd(ps, grads, st, hyper, decoupled, momentum):
     lr, wd = hyper['lr'], (hyper.get('wd', 0.) if decoupled is not None else 0.)
     if decoupled and wd != 0: torch._foreach_mul_(ps, 1 - lr * wd)
@@ -429,7 +636,7 @@ _FUSED_STEPS = {'sgd': partial(_fused_sgd, momentum=False), 'sgd_mom': partial(_
                 'adam': _fused_adam}
 _FUSED_STATE = {'sgd': (), 'sgd_mom': ('grad_avg',), 'adam': ('grad_avg', 'sqr_avg', 'step')}
 
-# %% ../nbs/01_optimizer.ipynb #2d714534
+# %% ../nbs/01_optimizer.ipynb #6d6d9881
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 _FUSED_DEVICES = set(_get_fused_kernels_supported_devices())
 _FUSED_DTYPES = {torch.float32, torch.float64, torch.float16, torch.bfloat16}
@@ -455,7 +662,7 @@ def _get_plan(self):
 
 Optimizer._init_fast, Optimizer._get_plan = _init_fast, _get_plan
 
-# %% ../nbs/01_optimizer.ipynb #f6ba6333
+# %% ../nbs/01_optimizer.ipynb #c7d976ba
 import operator
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 

@@ -9,7 +9,7 @@ __all__ = ['SIGNALS', 'PATH_OPTIMIZERS', 'PATH_DEFAULT_LRS', 'check_beta', 'ewma
            'Explorer', 'EwmaExplorer', 'ewma_explorer', 'canyon', 'optimize_path', 'OptimizerPathExplorer',
            'optimizer_path_explorer', 'one_cycle_curves', 'ScheduleExplorer', 'schedule_explorer']
 
-# %% ../nbs/02_widgets.ipynb #f27f8dfd
+# %% ../nbs/02_widgets.ipynb #c9d9c01a
 import io, math, random
 import torch
 import ipywidgets as widgets
@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from .optimizer import SGD, RMSProp, Adam
 from .schedule import combined_cos
 
-# %% ../nbs/02_widgets.ipynb #9f8c17a3
+# %% ../nbs/02_widgets.ipynb #76ba24f3
 def check_beta(beta, name='beta'):
     "Raise a `ValueError` naming `name` unless `0 <= beta < 1`."
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
@@ -26,7 +26,7 @@ def check_beta(beta, name='beta'):
                          f"{name}=0 keeps only the latest value, values near 1 (e.g. 0.9, 0.99) average over more steps")
     return float(beta)
 
-# %% ../nbs/02_widgets.ipynb #3b4cb6c5
+# %% ../nbs/02_widgets.ipynb #02e87630
 def ewma(xs, beta, debias=True):
     "Moving average `avg = beta*avg + (1-beta)*x` of each prefix of `xs`, divided by `1-beta**(i+1)` when `debias`."
     beta = check_beta(beta)
@@ -38,13 +38,13 @@ def ewma(xs, beta, debias=True):
         out.append(avg / (1 - beta**(i+1)) if debias else avg)
     return out
 
-# %% ../nbs/02_widgets.ipynb #d779002f
+# %% ../nbs/02_widgets.ipynb #73c89031
 def ewma_table(xs, beta):
     "Rows `(i, x, avg, unbias_avg)` of the chapter's moving average, one per value of `xs`."
     avgs, unbiased = ewma(xs, beta, debias=False), ewma(xs, beta)
     return [(i, float(x), a, u) for i, (x, a, u) in enumerate(zip(xs, avgs, unbiased))]
 
-# %% ../nbs/02_widgets.ipynb #94d7daae
+# %% ../nbs/02_widgets.ipynb #5edfd515
 SIGNALS = ('noisy', 'step', 'flip')
 
 def make_signal(kind='noisy', n=100, seed=0):
@@ -56,7 +56,7 @@ def make_signal(kind='noisy', n=100, seed=0):
     if kind == 'step': return [1. if i < n//2 else 3. for i in range(n)]
     return [0.5 + 2*(-1)**i for i in range(n)]
 
-# %% ../nbs/02_widgets.ipynb #0d661624
+# %% ../nbs/02_widgets.ipynb #747130c8
 def figure_png(fig, dpi=80):
     "The PNG bytes of the matplotlib figure `fig`."
     if fig.canvas is None or not hasattr(fig.canvas, 'print_png'): FigureCanvasAgg(fig)
@@ -64,7 +64,7 @@ def figure_png(fig, dpi=80):
     fig.savefig(buf, format='png', dpi=dpi)
     return buf.getvalue()
 
-# %% ../nbs/02_widgets.ipynb #d5d2ce89
+# %% ../nbs/02_widgets.ipynb #d65bdcab
 class Explorer:
     "Base of the explorers: `controls` whose changes call `redraw`, which redraws `fig` and the `image` widget."
     def __init__(self, controls, figsize=(8, 4)):
@@ -98,7 +98,7 @@ class Explorer:
         bundle['text/plain'] = f'{type(self).__name__}: run in Jupyter with ipywidgets to use the controls'
         return bundle
 
-# %% ../nbs/02_widgets.ipynb #cb2e85ef
+# %% ../nbs/02_widgets.ipynb #e5f5f5c0
 class EwmaExplorer(Explorer):
     "Raw values, their EWMA and the debiased EWMA, with controls `beta`, `signal` and `n`."
     def __init__(self, beta=0.9, signal='noisy', n=100, seed=0):
@@ -129,13 +129,13 @@ def ewma_explorer(beta=0.9, signal='noisy', n=100, seed=0):
     "An `EwmaExplorer`: sliders for `beta` and `n`, a dropdown for the signal; display it in Jupyter."
     return EwmaExplorer(beta, signal, n, seed)
 
-# %% ../nbs/02_widgets.ipynb #7b3a89b5
+# %% ../nbs/02_widgets.ipynb #3d3808f3
 def canyon(xy, a=0.1, b=10.):
     "A narrow canyon along the x axis: `0.5*(a*x**2 + b*y**2)`, minimum 0 at the origin."
     x, y = xy[0], xy[1]
     return 0.5*(a*x**2 + b*y**2)
 
-# %% ../nbs/02_widgets.ipynb #651f49cd
+# %% ../nbs/02_widgets.ipynb #7a69ab79
 def optimize_path(opt_func, start=(-4.5, 1.), steps=50, loss_fn=canyon, **hypers):
     "Positions of a 2-D parameter after each of `steps` steps of `opt_func(params, **hypers)` on `loss_fn`."
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
@@ -154,7 +154,7 @@ def optimize_path(opt_func, start=(-4.5, 1.), steps=50, loss_fn=canyon, **hypers
         path.append(param.detach().clone())
     return torch.stack(path)
 
-# %% ../nbs/02_widgets.ipynb #13b6b775
+# %% ../nbs/02_widgets.ipynb #9387095a
 PATH_OPTIMIZERS = ('SGD', 'SGD+momentum', 'RMSProp', 'Adam')
 PATH_DEFAULT_LRS = {'SGD': 0.19, 'SGD+momentum': 0.03, 'RMSProp': 0.05, 'Adam': 0.1}
 
@@ -211,7 +211,7 @@ def optimizer_path_explorer(start=(-4.5, 1.), steps=50, mom=0.9, sqr_mom=0.99, e
     "An `OptimizerPathExplorer` on `loss_fn` (default: `canyon`); display it in Jupyter to use the sliders."
     return OptimizerPathExplorer(start, steps, mom, sqr_mom, eps, lrs, loss_fn)
 
-# %% ../nbs/02_widgets.ipynb #cb02a43e
+# %% ../nbs/02_widgets.ipynb #fb9af35a
 def one_cycle_curves(lr_max=1e-3, div=25., div_final=1e5, pct_start=0.25, moms=(0.95, 0.85, 0.95), n=100):
     "Positions and the one-cycle `lr` and `mom` at each of `n` evenly spaced points of training, as a dict of lists."
     for name, v in (('lr_max', lr_max), ('div', div), ('div_final', div_final)):
@@ -225,7 +225,7 @@ def one_cycle_curves(lr_max=1e-3, div=25., div_final=1e5, pct_start=0.25, moms=(
     pos = [i/(n-1) for i in range(n)]
     return {'pos': pos, 'lr': [lr_sched(p) for p in pos], 'mom': [mom_sched(p) for p in pos]}
 
-# %% ../nbs/02_widgets.ipynb #a21d211e
+# %% ../nbs/02_widgets.ipynb #f84453c3
 class ScheduleExplorer(Explorer):
     "One-cycle learning rate and momentum curves, with sliders `lr_max`, `div`, `div_final`, `pct_start` and `moms`."
     def __init__(self, lr_max=1e-3, div=25., div_final=1e5, pct_start=0.25, moms=(0.95, 0.85, 0.95)):
