@@ -380,3 +380,16 @@ def test_predict_and_get_preds_without_targets():
     fct.test_close(out, learn.model(item[None])[0].detach())
     preds, targs = learn.get_preds(dl=[(item[None],)])
     assert targs is None and preds.shape == (1, 2)
+
+
+def test_progress_bar_writes_the_results_table(capsys):
+    "In a terminal fastprogress draws text bars; the per-epoch table goes under them, one row per epoch."
+    learn = tiny_learner(metrics=accuracy)
+    learn.fit(2)
+    out = capsys.readouterr().out
+    lines = [l.split('\r')[-1].split() for l in out.splitlines()]
+    header = [l for l in lines if l[:1] == ['epoch']]
+    rows = [l for l in lines if l[:1] in (['0'], ['1'])]
+    assert header == [['epoch', 'train_loss', 'valid_loss', 'accuracy', 'time']]
+    assert [r[0] for r in rows] == ['0', '1'] and all(len(r) == 5 for r in rows)
+    assert learn.logger is print_row and learn.progress.mbar is None      # bar closed, logger restored
