@@ -9,7 +9,7 @@ __all__ = ['NORM_TYPES', 'default_device', 'DataLoaders', 'to_device', 'find_bs'
            'print_row', 'noop_logger', 'TrainEvalCallback', 'AvgMetric', 'accuracy', 'error_rate', 'Recorder',
            'ProgressCallback', 'GatherPreds', 'rng_states', 'set_rng_states', 'atomic_save']
 
-# %% ../nbs/04_learner.ipynb #41e49cf0
+# %% ../nbs/04_learner.ipynb #cbfc474c
 import math, os, random, tempfile, time, warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +22,7 @@ from fastprogress.fastprogress import master_bar, progress_bar, format_time
 from .callback import *
 from .optimizer import Adam, SGD
 
-# %% ../nbs/04_learner.ipynb #4ddd8a59
+# %% ../nbs/04_learner.ipynb #b81a2880
 def default_device():
     "The CUDA device when one is available, else the CPU."
     return torch.device('cuda') if torch.cuda.is_available() else torch.device('cpu')
@@ -34,7 +34,7 @@ def _check_dl(dl, name):
         raise TypeError(f"{name} must be a re-iterable collection of batches with a length (a torch DataLoader "
                         f"or a list of batches), got {type(dl).__name__}")
 
-# %% ../nbs/04_learner.ipynb #dcb2ff58
+# %% ../nbs/04_learner.ipynb #5a52d89f
 class DataLoaders:
     "A training and a validation iterable of batches, and the `device` batches are sent to."
     def __init__(self, train_dl, valid_dl=None, device=None, c=None):
@@ -55,7 +55,7 @@ class DataLoaders:
         n = lambda dl: 'None' if dl is None else f'{len(dl)} batches'
         return f"DataLoaders(train: {n(self.train)}, valid: {n(self.valid)}, device: {self.device})"
 
-# %% ../nbs/04_learner.ipynb #f218da3b
+# %% ../nbs/04_learner.ipynb #792bf7cf
 def to_device(b, device):
     "`b` (a tensor, or a tuple/list/dict of them) moved to `device`; other objects unchanged."
     if isinstance(b, torch.Tensor): return b.to(device, non_blocking=True)
@@ -63,7 +63,7 @@ def to_device(b, device):
     if isinstance(b, dict): return {k: to_device(v, device) for k, v in b.items()}
     return b
 
-# %% ../nbs/04_learner.ipynb #ddaac061
+# %% ../nbs/04_learner.ipynb #dc209c71
 def find_bs(b):
     "Number of items in batch `b` (a tensor or a tuple of them): the first dimension of its first tensor."
     while isinstance(b, (tuple, list)):
@@ -72,7 +72,7 @@ def find_bs(b):
     if not hasattr(b, 'shape'): raise TypeError(f"cannot find the batch size of a {type(b).__name__}")
     return b.shape[0]
 
-# %% ../nbs/04_learner.ipynb #f380f038
+# %% ../nbs/04_learner.ipynb #d58a1ac2
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 
 def mark_norm_params(model):
@@ -87,7 +87,7 @@ def all_params(model):
     "The default splitter: one parameter group with all of `model`'s parameters."
     return list(model.parameters())
 
-# %% ../nbs/04_learner.ipynb #a7100da5
+# %% ../nbs/04_learner.ipynb #3aaad514
 def _default_loss(dls, loss_func):
     "`loss_func`, or a default from the data, or a clear error."
     if loss_func is not None: return loss_func
@@ -101,7 +101,7 @@ def _as_callback(cb):
     if isinstance(cb, Callback): return cb
     raise TypeError(f"callbacks must be Callback instances or Callback classes, got {cb!r}")
 
-# %% ../nbs/04_learner.ipynb #3b817d46
+# %% ../nbs/04_learner.ipynb #a059ebaf
 class Learner:
     "The training loop: model, data, loss, optimizer factory, and the callbacks it calls at each event."
     default_cbs = ()   # set to (TrainEvalCallback, Recorder, ProgressCallback) once those are defined below
@@ -238,7 +238,7 @@ class Learner:
         self.training = False
         if self.opt is not None: self.opt.zero_grad()
 
-# %% ../nbs/04_learner.ipynb #0e2a4496
+# %% ../nbs/04_learner.ipynb #f0126bd0
 def _not_scalar(loss):
     "The error for a loss that is not a scalar tensor."
     what = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else f"a {type(loss).__name__}"
@@ -260,7 +260,7 @@ def _run_after_fit(cbs, error=None):
                 else: _add_note(error, f"during cleanup, {cb!r}.after_fit also raised {e!r}")
     if error is not None: raise error
 
-# %% ../nbs/04_learner.ipynb #b162735d
+# %% ../nbs/04_learner.ipynb #02d737b3
 def print_row(row):
     "Print one row of the results table."
     print('  '.join(f'{str(v):<10}' for v in row).rstrip())
@@ -268,7 +268,7 @@ def print_row(row):
 def noop_logger(row):
     "A logger that drops the row."
 
-# %% ../nbs/04_learner.ipynb #efb8a07d
+# %% ../nbs/04_learner.ipynb #aaa5fa33
 @patch
 def add_cb(self:Learner, cb):
     "Attach callback `cb` (an instance or a class) and expose it as `learn.<cb.name>`; return it."
@@ -306,7 +306,7 @@ def remove_cbs(self:Learner, cbs):
     "Detach each callback of `cbs`."
     for cb in cbs: self.remove_cb(cb)
 
-# %% ../nbs/04_learner.ipynb #aba7826a
+# %% ../nbs/04_learner.ipynb #8af7848b
 @patch
 @contextmanager
 def added_cbs(self:Learner, cbs):
@@ -329,7 +329,7 @@ def removed_cbs(self:Learner, cbs):
         for cb in cbs:
             if cb not in self._cbs: self.add_cb(cb)
 
-# %% ../nbs/04_learner.ipynb #7d522794
+# %% ../nbs/04_learner.ipynb #a47d19e3
 @patch
 def create_opt(self:Learner):
     "Create `self.opt` with `opt_func(splitter(model), lr=lr)`, then set `wd` and `train_bn` on it."
@@ -338,7 +338,7 @@ def create_opt(self:Learner):
     if hasattr(self.opt, 'train_bn'): self.opt.train_bn = self.train_bn
     return self.opt
 
-# %% ../nbs/04_learner.ipynb #7d7acdab
+# %% ../nbs/04_learner.ipynb #64a48026
 def _check_epochs(n_epoch, start_epoch):
     "Errors for impossible epoch counts."
     for name, v in (('n_epoch', n_epoch), ('start_epoch', start_epoch)):
@@ -362,7 +362,7 @@ def fit(self:Learner, n_epoch, lr=None, wd=None, cbs=None, reset_opt=False, star
         self.n_epoch, self.start_epoch = n_epoch, start_epoch
         self._do_fit()
 
-# %% ../nbs/04_learner.ipynb #cd876c4b
+# %% ../nbs/04_learner.ipynb #40b6180c
 _LOOP = [(0, 'before_fit'), (1, 'before_epoch'), (2, 'before_train'), (3, 'before_batch'), (3, 'after_pred'),
          (3, 'after_loss'), (3, 'before_backward'), (3, 'after_backward'), (3, 'before_step'), (3, 'after_step'),
          (3, 'after_cancel_batch'), (3, 'after_batch'), (2, 'after_cancel_train'), (2, 'after_train'),
@@ -380,7 +380,7 @@ def show_training_loop(self:Learner):
         names = ', '.join(repr(h.__self__) for h in self._dispatch[ev]) or '-'
         print('  ' * depth + f'{ev:<22}: {names}')
 
-# %% ../nbs/04_learner.ipynb #18ec099c
+# %% ../nbs/04_learner.ipynb #4b428708
 class TrainEvalCallback(Callback):
     "Switch the model between train and eval mode; track `train_iter`, `pct_train` and `training`."
     order = -10
@@ -403,7 +403,7 @@ class TrainEvalCallback(Callback):
     def before_validate(self):
         self.learn.model.eval(); self.learn.training = False
 
-# %% ../nbs/04_learner.ipynb #19a247b5
+# %% ../nbs/04_learner.ipynb #270955c6
 class AvgMetric:
     "Average of `func(pred, *yb)` over the items of all batches (batches weighted by their size)."
     def __init__(self, func, name=None):
@@ -429,7 +429,7 @@ class AvgMetric:
         v = self.total / self.count
         return v.item() if isinstance(v, torch.Tensor) else float(v)
 
-# %% ../nbs/04_learner.ipynb #cdfae9cf
+# %% ../nbs/04_learner.ipynb #d11433ae
 def accuracy(inp, targ, axis=-1):
     "Fraction of items whose predicted class (argmax of `inp`) is `targ`."
     return (inp.argmax(dim=axis) == targ).float().mean()
@@ -438,7 +438,7 @@ def error_rate(inp, targ, axis=-1):
     "1 - `accuracy`."
     return 1 - accuracy(inp, targ, axis=axis)
 
-# %% ../nbs/04_learner.ipynb #49f17d17
+# %% ../nbs/04_learner.ipynb #09f25abf
 def _metric(m):
     "`m` as a metric object: functions are wrapped in `AvgMetric`."
     return m if all(hasattr(m, a) for a in ('reset', 'accumulate', 'value', 'name')) else AvgMetric(m)
@@ -447,7 +447,7 @@ def _item(v):
     "A tensor or number as a Python float (None stays None)."
     return None if v is None else v.item() if isinstance(v, torch.Tensor) else float(v)
 
-# %% ../nbs/04_learner.ipynb #6bc60862
+# %% ../nbs/04_learner.ipynb #02e999b9
 class Recorder(Callback):
     "Record smoothed losses, hyper-parameters per batch, and losses and metrics per epoch; log a results table."
     order = 50
@@ -527,12 +527,12 @@ class Recorder(Callback):
         if not self._header_logged: learn.logger(self.metric_names); self._header_logged = True
         learn.logger(row)
 
-# %% ../nbs/04_learner.ipynb #5440be89
+# %% ../nbs/04_learner.ipynb #bfdb3452
 def _fmt(v):
     "A table cell for value `v`."
     return 'None' if v is None else f'{v:.6f}' if isinstance(v, float) else str(v)
 
-# %% ../nbs/04_learner.ipynb #2c00d203
+# %% ../nbs/04_learner.ipynb #f46aa9c5
 @patch
 def state_dict(self:Recorder):
     "The history, as plain lists and tensors."
@@ -549,7 +549,7 @@ def load_state_dict(self:Recorder, sd):
     self.lrs, self._hp_rows, self.values, self.iters = list(sd['lrs']), list(sd['hp_rows']), list(sd['values']), list(sd['iters'])
     self.final_record = self.values[-1] if self.values else None
 
-# %% ../nbs/04_learner.ipynb #d02abf86
+# %% ../nbs/04_learner.ipynb #65a58a43
 @patch
 def plot_loss(self:Recorder, skip_start=5, with_valid=True):
     "Plot the smoothed training losses (after the first `skip_start` batches) and the validation losses."
@@ -575,7 +575,7 @@ def plot_sched(self:Recorder, keys=None):
         ax.plot(self.hps[k]); ax.set_title(k)
     return axs[0]
 
-# %% ../nbs/04_learner.ipynb #4520f407
+# %% ../nbs/04_learner.ipynb #91b942f7
 class ProgressCallback(Callback):
     "Master bar over epochs, child bar over batches, and the results table under them (fastprogress)."
     order, mbar, pbar = 60, None, None
@@ -620,7 +620,7 @@ class ProgressCallback(Callback):
         self.mbar.on_iter_end()
         self.mbar = None
 
-# %% ../nbs/04_learner.ipynb #6ea1b486
+# %% ../nbs/04_learner.ipynb #2f2a0192
 @patch
 @contextmanager
 def no_bar(self:Learner):
@@ -635,10 +635,10 @@ def no_logging(self:Learner):
     try: yield
     finally: self.logger = old
 
-# %% ../nbs/04_learner.ipynb #1b977858
+# %% ../nbs/04_learner.ipynb #2873f8f3
 Learner.default_cbs = (TrainEvalCallback, Recorder, ProgressCallback)
 
-# %% ../nbs/04_learner.ipynb #ec13885b
+# %% ../nbs/04_learner.ipynb #df3859e7
 class GatherPreds(Callback):
     "Collect predictions, targets and (with `with_loss`) per-item losses during a validation pass."
     order = 100
@@ -659,7 +659,7 @@ def _unreduced_loss(learn):
     try: return lf(learn.pred, *learn.yb)
     finally: lf.reduction = old
 
-# %% ../nbs/04_learner.ipynb #7819fe9a
+# %% ../nbs/04_learner.ipynb #e59962ca
 @patch
 def _validation_pass(self:Learner, dl, cbs=()):
     "Run the validation part of an epoch on `dl` with extra `cbs`, quietly; restore the model's mode."
@@ -695,7 +695,7 @@ def predict(self:Learner, item):
     preds, _ = self.get_preds(dl=[(item[None],)])
     return preds[0].cpu()
 
-# %% ../nbs/04_learner.ipynb #2a6b66e5
+# %% ../nbs/04_learner.ipynb #700dfb28
 def rng_states():
     "The states of Python's, NumPy's (if installed), torch's and CUDA's random number generators."
     states = {'python': random.getstate(), 'torch': torch.get_rng_state()}
@@ -717,7 +717,7 @@ def set_rng_states(states):
         kind, keys, pos, has_gauss, gauss = states['numpy']
         np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
 
-# %% ../nbs/04_learner.ipynb #dc567147
+# %% ../nbs/04_learner.ipynb #0e3e10e7
 def atomic_save(obj, path):
     "`torch.save` `obj` to `path` through a temporary file renamed into place."
     path = Path(path)
@@ -733,7 +733,7 @@ def atomic_save(obj, path):
         raise
     return path
 
-# %% ../nbs/04_learner.ipynb #660b6d71
+# %% ../nbs/04_learner.ipynb #652a4662
 _CKPT_FORMAT = 'learnerlab-checkpoint-v1'
 
 @patch
