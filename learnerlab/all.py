@@ -7,11 +7,11 @@ Docs: https://learnerlab.github.io/learnerlab/all.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/11_all.ipynb #27eca01f
+# %% ../nbs/11_all.ipynb #cedbb477
 from functools import partial
 import torch
 from torch import nn
-from . import optimizer, widgets, callback, learner, schedule, training, data, distributed
+from . import optimizer, widgets, callback, learner, schedule, training, data, vision, distributed
 from .optimizer import *
 from .widgets import *
 from .callback import *
@@ -19,8 +19,10 @@ from .learner import *
 from .schedule import *
 from .training import *
 from .data import *
+from .vision import *
 from .distributed import *
 
-# %% ../nbs/11_all.ipynb #908df9f6
+# %% ../nbs/11_all.ipynb #12b14feb
 __all__ = ['partial', 'torch', 'nn', *optimizer.__all__, *widgets.__all__, *callback.__all__, *learner.__all__,
-           *schedule.__all__, *training.__all__, *data.__all__, *distributed.__all__]
+           *schedule.__all__, *training.__all__, *data.__all__, *vision.__all__,
+           *distributed.__all__]

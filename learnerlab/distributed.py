@@ -6,10 +6,10 @@ Docs: https://learnerlab.github.io/learnerlab/distributed.html.md"""
 
 # %% auto #0
 __all__ = ['num_distrib', 'rank_distrib', 'local_rank_distrib', 'default_backend', 'setup_distrib', 'teardown_distrib',
-           'shard_dl', 'merge_shards', 'gather_batch', 'free_port', 'torchrun_cmd', 'run_torchrun',
+           'rank0_first', 'shard_dl', 'merge_shards', 'gather_batch', 'free_port', 'torchrun_cmd', 'run_torchrun',
            'DistributedTrainer']
 
-# %% ../nbs/09_distributed.ipynb #277ad5e2
+# %% ../nbs/09_distributed.ipynb #22d60371
 import os, sys, socket, signal, subprocess, tempfile, shutil, datetime, warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +23,7 @@ from fastcore.basics import patch
 from .callback import Callback
 from .learner import Learner, find_bs
 
-# %% ../nbs/09_distributed.ipynb #bd29a099
+# %% ../nbs/09_distributed.ipynb #af327b4d
 def num_distrib():
     "How many processes train together: the process group's size, else `WORLD_SIZE` (set by torchrun), else 1."
     if dist.is_available() and dist.is_initialized(): return dist.get_world_size()
@@ -38,7 +38,7 @@ def local_rank_distrib():
     "This process's rank on its own machine (`LOCAL_RANK`, else 0): the index of the GPU it uses."
     return int(os.environ.get('LOCAL_RANK', 0))
 
-# %% ../nbs/09_distributed.ipynb #cb052871
+# %% ../nbs/09_distributed.ipynb #5465c8cd
 def default_backend():
     "'nccl' when CUDA GPUs and NCCL are available, else 'gloo' (CPU)."
     return 'nccl' if torch.cuda.is_available() and dist.is_nccl_available() else 'gloo'
@@ -59,7 +59,16 @@ def teardown_distrib():
     "Leave the process group, if there is one."
     if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
-# %% ../nbs/09_distributed.ipynb #1b5d550b
+# %% ../nbs/09_distributed.ipynb #ef58dd19
+def rank0_first(func, *args, **kwargs):
+    "Call `func(*args, **kwargs)` on rank 0, then (once it is done) on the other ranks; return its result."
+    if num_distrib() <= 1 or not dist.is_initialized(): return func(*args, **kwargs)
+    if rank_distrib() == 0: res = func(*args, **kwargs)
+    dist.barrier()
+    if rank_distrib() != 0: res = func(*args, **kwargs)
+    return res
+
+# %% ../nbs/09_distributed.ipynb #1bf17e2b
 def shard_dl(dl, rank=None, world=None, seed=0):
     "Copy of DataLoader `dl` that yields only rank `rank`'s share of each epoch, via a `DistributedSampler`."
     if not isinstance(dl, DataLoader):
@@ -81,7 +90,7 @@ def shard_dl(dl, rank=None, world=None, seed=0):
                       persistent_workers=dl.persistent_workers,
                       prefetch_factor=dl.prefetch_factor if dl.num_workers else None)
 
-# %% ../nbs/09_distributed.ipynb #f7cdb3e7
+# %% ../nbs/09_distributed.ipynb #8192c12c
 def merge_shards(parts, n_items=None):
     "One batch in dataset order from the rank-ordered list `parts` of interleaved shares; keep `n_items` items."
     merged = torch.stack(list(parts), dim=1).flatten(0, 1)
@@ -94,7 +103,7 @@ def gather_batch(t, n_items=None):
     dist.all_gather(parts, t.contiguous())
     return merge_shards(parts, n_items)
 
-# %% ../nbs/09_distributed.ipynb #cb1bdc4d
+# %% ../nbs/09_distributed.ipynb #e347d6f2
 def free_port(host='127.0.0.1'):
     "A TCP port on `host` that nothing listens on right now (the operating system picks it)."
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -108,7 +117,7 @@ def torchrun_cmd(script, *args, nproc=2, port=None):
     return [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={int(nproc)}',
             '--master-addr=127.0.0.1', f'--master-port={port}', str(script), *[str(a) for a in args]]
 
-# %% ../nbs/09_distributed.ipynb #61404468
+# %% ../nbs/09_distributed.ipynb #6e35a2e5
 def _child_pids(pid):
     "Process ids of the direct children of `pid` (Linux /proc; empty where unavailable)."
     try: return [int(c) for c in Path(f'/proc/{pid}/task/{pid}/children').read_text().split()]
@@ -140,7 +149,7 @@ def run_torchrun(script, *args, nproc=2, timeout=300, check=True, env=None, cwd=
         raise RuntimeError(f"torchrun job {script} failed with exit code {res.returncode}; its output:\n{out}\n{err}")
     return res
 
-# %% ../nbs/09_distributed.ipynb #e86713d9
+# %% ../nbs/09_distributed.ipynb #1d7b9083
 def _is_sharded(dl):
     "Does `dl` draw its items through a `DistributedSampler`?"
     return isinstance(getattr(dl, 'sampler', None), DistributedSampler)
@@ -150,7 +159,7 @@ def _shard_if_possible(dl, seed):
     if num_distrib() <= 1 or not isinstance(dl, DataLoader) or _is_sharded(dl): return dl
     return shard_dl(dl, seed=seed)
 
-# %% ../nbs/09_distributed.ipynb #482baed6
+# %% ../nbs/09_distributed.ipynb #cf5e8e2a
 class DistributedTrainer(Callback):
     "Data-parallel training: DDP model, sharded DataLoaders, global losses and metrics (see `Learner.distrib_ctx`)."
     run_after, run_before = ('GradientAccumulation',), ('TerminateOnNaNCallback', 'Recorder')
@@ -178,7 +187,8 @@ class DistributedTrainer(Callback):
         p = next(model.parameters(), None)
         if p is None: raise ValueError("the model has no parameters: there is nothing to train in parallel")
         kwargs = dict(self.ddp_kwargs)
-        if p.device.type == 'cuda': kwargs.setdefault('device_ids', [p.device.index])
+        if p.device.type == 'cuda':
+            kwargs.setdefault('device_ids', [torch.cuda.current_device() if p.device.index is None else p.device.index])
         return DDP(model, **kwargs)
 
     def _start_pass(self):
@@ -235,7 +245,7 @@ class DistributedTrainer(Callback):
         if isinstance(learn.model, DDP): learn.model = learn.model.module
         if self._dls is not None: learn.dls, self._dls = self._dls, None
 
-# %% ../nbs/09_distributed.ipynb #52e85063
+# %% ../nbs/09_distributed.ipynb #fa38c748
 def _plain_model_call(learn, method):
     "Wrap `method` so it runs with `learn.model` unwrapped from DDP (checkpoints hold the plain model)."
     def call(*args, **kwargs):
@@ -254,7 +264,7 @@ def _load_falling_back(learn, load, shared_path):
         finally: learn.path = private
     return call
 
-# %% ../nbs/09_distributed.ipynb #71dc5d88
+# %% ../nbs/09_distributed.ipynb #8a9ef2b6
 @patch
 @contextmanager
 def distrib_ctx(self:Learner, backend=None, timeout=1800, seed=0, **ddp_kwargs):

@@ -6,12 +6,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT/'nbs'
+APPLICATION_MODULES = ('all', '__main__')   # re-exports and the command line, not library API
 
 def exported_modules():
     "(module name, notebook) for each notebook with a `default_exp`, except the re-exporting `all`."
     for nb in sorted(NBS.glob('*.ipynb')):
         m = re.search(r'#\|\s*default_exp\s+(\w+)', notebook_source(nb))
-        if m and m.group(1) not in ('all', '__main__'): yield m.group(1), nb
+        if m and m.group(1) not in APPLICATION_MODULES: yield m.group(1), nb
 
 def notebook_source(nb): return '\n'.join(''.join(c['source']) for c in json.loads(nb.read_text())['cells'])
 

@@ -12,7 +12,7 @@ import torch
 import fastcore.test as fct
 
 from learnerlab.distributed import run_torchrun
-from learnerlab.training import CSVLogger, SaveModelCallback, GradientAccumulation
+from learnerlab.training import CSVLogger, SaveModelCallback, GradientAccumulation, MixedPrecision
 
 SCRIPTS = Path(__file__).parent/'dist_scripts'
 sys.path.insert(0, str(SCRIPTS))
@@ -66,13 +66,47 @@ def test_gradient_accumulation_skips_sync_and_matches(run, tmp_path):
     fct.test_eq(res['ga_syncs'], [False, True] * 3)      # gradients averaged only before each optimizer step
 
 
+def test_shuffling_is_shared_and_changes_each_epoch(run):
+    "With shuffle=True, set_epoch is called each epoch: the ranks split every epoch's items, in a new order."
+    _, res, _ = run
+    fct.test_eq(res['sampler_epochs'], [0, 1])
+    x_all = job.make_data()[0].tensors[0]
+    key = lambda rows: sorted(map(tuple, rows.tolist()))
+    for epoch in (0, 1):
+        rank0, rank1 = res['shuffled'][0][epoch], res['shuffled'][1][epoch]
+        fct.test_eq(len(rank0), job.N_TRAIN // 2)
+        fct.test_eq(key(torch.cat([rank0, rank1])), key(x_all))      # together: every item once
+    fct.test_ne(res['shuffled'][0][0].tolist(), res['shuffled'][0][1].tolist())
+
+
+def test_mixed_precision_keeps_ranks_identical(run, tmp_path):
+    "Under autocast the ranks still take identical steps, close to one process's (bfloat16 rounding)."
+    _, res, _ = run
+    rank0, rank1 = res['mp_weights']
+    for k in rank0: fct.test_eq(rank0[k], rank1[k])
+    learn = single_learner(tmp_path, cbs=MixedPrecision(dtype=torch.bfloat16))
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    for k, v in learn.model.state_dict().items(): fct.test_close(rank0[k], v, eps=2e-3)
+    fct.test_close(torch.tensor(res['mp_values'][0]), torch.tensor(learn.recorder.values[0]), eps=2e-3)
+
+
 def test_only_rank0_writes_and_prints(run):
     proc, res, out = run
     files = sorted(str(p.relative_to(out)) for p in out.rglob('*') if p.is_file())
-    fct.test_eq(files, ['history.csv', 'models/best.pth', 'models/from_rank0.pth', 'results.pt'])
+    fct.test_eq(files, ['cache.txt', 'history.csv', 'models/best.pth', 'models/from_rank0.pth', 'results.pt'])
+    fct.test_eq(res['created'], [True, False])                      # rank0_first: rank 0 created it, rank 1 found it
+    fct.test_eq((out/'cache.txt').read_text(), 'written by rank 0')
     fct.test_eq(len((out/'history.csv').read_text().strip().splitlines()), 1 + job.N_EPOCH)
     fct.test_eq(proc.stdout.count('train_loss'), 2)   # one results table per fit that finished, not one per rank
     fct.test_eq(res['after_error'], 'unwrapped')
+
+
+def test_checkpoint_from_ddp_fit_loads_in_one_process(run):
+    "SaveModelCallback saved while the model was wrapped in DDP: the checkpoint holds the plain model."
+    _, res, out = run
+    learn = job.make_learner(8, out)
+    learn.load('best', with_opt=False)           # a 'module.'-prefixed state dict would not fit
+    for k, v in learn.model.state_dict().items(): fct.test_eq(v, res['weights'][k])   # best = last epoch here
 
 
 def test_failing_rank_stops_the_job(tmp_path):

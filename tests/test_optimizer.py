@@ -13,8 +13,8 @@ import torch
 import fastcore.test as fct
 from hypothesis import given, settings, strategies as st, HealthCheck
 
-from learnerlab.optimizer import (Optimizer, SGD, RMSProp, Adam, PerParameterWarning, sgd_step,
-                                  average_grad, momentum_step)
+from learnerlab.optimizer import (Optimizer, SGD, RMSProp, Adam, RAdam, QHAdam, LAMB, Larc, Lookahead, ranger,
+                                  OptimWrapper, PerParameterWarning, sgd_step, average_grad, momentum_step)
 
 N_STEPS = 100
 PATHS = ('fused', 'multi', 'loop')
@@ -126,6 +126,89 @@ def test_adamw_matches_torch_adamw(shapes, data, path):
     _assert_same(ll, t)
 
 
+@prop_settings
+@given(groups_of_shapes, st.data(), paths)
+def test_radam_matches_torch_radam(shapes, data, path):
+    "RAdam (decoupled weight decay) is torch.optim.RAdam(decoupled_weight_decay=True), rectified steps included."
+    mom, sqr_mom, eps = data.draw(moms), data.draw(st.floats(0.9, 0.99)), data.draw(epss)
+    hp = [dict(lr=data.draw(lrs), wd=data.draw(wds)) for _ in shapes]
+    ll, t = _run_both(partial(RAdam, lr=0.1, mom=mom, sqr_mom=sqr_mom, eps=eps), hp,
+                      partial(torch.optim.RAdam, lr=0.1, betas=(mom, sqr_mom), eps=eps, decoupled_weight_decay=True),
+                      [dict(lr=h['lr'], weight_decay=h['wd']) for h in hp], shapes, path)
+    _assert_same(ll, t)
+
+
+@pytest.mark.parametrize('opt_func', [partial(QHAdam, lr=0.01, wd=0.1), partial(LAMB, lr=0.01, wd=0.1),
+                                      partial(Larc, lr=0.1, wd=0.01), partial(Larc, lr=0.1, mom=0., clip=False)])
+def test_other_optimizers_fast_path_matches_loop(opt_func):
+    "QHAdam, LAMB, LARC/LARS: the multi-tensor path (no warning) gives the per-parameter loop's numbers."
+    out = []
+    for path in ('fused', 'loop'):
+        groups, _ = _make_groups([[(4, 3), (3,)], [(5,)]], seed=7)
+        opt = opt_func([{'params': ps} for ps in groups])
+        if path == 'loop': opt.cbs = [_hide(cb) for cb in opt.cbs]
+        g = torch.Generator().manual_seed(8)
+        with warnings.catch_warnings():
+            warnings.simplefilter('error' if path == 'fused' else 'ignore', PerParameterWarning)
+            for _ in range(30):
+                for p in (p for ps in groups for p in ps): p.grad = torch.randn(p.shape, generator=g)
+                opt.step()
+        out.append([p.detach() for ps in groups for p in ps])
+    _assert_same(*out)
+
+
+def test_ranger_is_lookahead_radam_and_trains():
+    w = torch.full((3,), 2., requires_grad=True)
+    opt = ranger([w], lr=0.1, wd=0.)
+    fct.test_eq(type(opt), Lookahead)
+    for _ in range(30):
+        w.grad = 2 * w.detach(); opt.step()
+    assert w.detach().abs().max() < 2
+    sd = opt.state_dict()
+    opt2 = ranger([w], lr=0.1); opt2.load_state_dict(sd)
+    fct.test_eq(opt2.count, 30)
+    fct.test_fail(lambda: opt2.load_state_dict({'opt': {}}), contains='made by Lookahead.state_dict')
+
+
+def test_optim_wrapper_translates_names_and_matches():
+    "OptimWrapper around torch AdamW, driven with learnerlab names, matches learnerlab's Adam."
+    a, _ = _make_groups([[(4, 3)], [(3,)]], seed=2)
+    b, _ = _make_groups([[(4, 3)], [(3,)]], seed=2)
+    ow = OptimWrapper(a, opt=torch.optim.AdamW, lr=0.01, mom=0.8, sqr_mom=0.99, eps=1e-5, wd=0.1)
+    ll = Adam(b, lr=0.01, mom=0.8, sqr_mom=0.99, eps=1e-5, wd=0.1)
+    fct.test_eq(ow.opt.param_groups[1]['betas'], (0.8, 0.99))
+    ow.set_hyper('mom', [0.85, 0.9]); ll.set_hyper('mom', [0.85, 0.9])
+    fct.test_eq([h['mom'] for h in ow.hypers], [0.85, 0.9])
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        for p, q in zip([p for ps in a for p in ps], [p for ps in b for p in ps]):
+            p.grad = torch.randn(p.shape, generator=g); q.grad = p.grad.clone()
+        ow.step(); ll.step()
+    _assert_same([p for ps in b for p in ps], [p for ps in a for p in ps])
+    fct.test_fail(lambda: ow.set_hyper('beta1', 0.9), contains="unknown hyper-parameter 'beta1'")
+    fct.test_fail(lambda: ow.set_hyper('lr', -1.), contains='lr must be >= 0')
+
+
+def test_chapter_code_verbatim_trains():
+    "The chapter's callbacks, with the deprecated add_(-lr, grad) overload, run and train."
+    def sgd_cb(p, lr, **kwargs): p.data.add_(-lr, p.grad.data)
+    def average_sqr_grad(p, sqr_mom, sqr_avg=None, **kwargs):
+        if sqr_avg is None: sqr_avg = torch.zeros_like(p.grad.data)
+        return {'sqr_avg': sqr_avg*sqr_mom + p.grad.data**2}
+    def rms_prop_step(p, lr, sqr_avg, eps, grad_avg=None, **kwargs):
+        denom = sqr_avg.sqrt().add_(eps)
+        p.data.addcdiv_(-lr, p.grad, denom)
+    for opt_func, lr in [(partial(Optimizer, cbs=[sgd_cb]), 0.1),
+                         (partial(Optimizer, cbs=[average_sqr_grad, rms_prop_step], sqr_mom=0.99, eps=1e-7), 0.1)]:
+        w = torch.full((3,), 2., requires_grad=True)
+        opt = opt_func([w], lr=lr)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', UserWarning)
+            for _ in range(20):
+                loss = (w ** 2).sum(); loss.backward(); opt.step(); opt.zero_grad()
+        assert (w ** 2).sum().item() < 12 * 0.5
+
+
 def test_paths_give_same_state():
     "Fused, multi-tensor and per-parameter paths leave the same state names and values."
     sds = []
@@ -179,6 +262,12 @@ def test_params_not_tensors():
     fct.test_fail(lambda: SGD([[_w()], [1.0]], lr=0.1), contains='not a tensor')
 
 
+def test_callbacks_not_callable():
+    fct.test_fail(lambda: Optimizer([_w()], cbs=['sgd_step'], lr=0.1), contains="cbs: 'sgd_step' is not callable")
+    opt = Optimizer([_w()], cbs=sgd_step, lr=0.1)   # a single callback needs no list
+    fct.test_eq(opt.cbs, [sgd_step])
+
+
 def test_duplicate_params():
     w = _w()
     fct.test_fail(lambda: SGD([[w], [w]], lr=0.1), contains='appears twice')
@@ -191,7 +280,7 @@ def test_callback_returning_non_dict():
     opt = Optimizer([w], cbs=[bad], lr=0.1)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', PerParameterWarning)
-        fct.test_fail(opt.step, contains='callback bad returned a list')
+        fct.test_fail(opt.step, contains='callback bad returned list [1]')
 
 
 def test_state_dict_from_other_layout():

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from learnerlab.callback import Callback
 from learnerlab.learner import Learner, DataLoaders, accuracy
 from learnerlab.optimizer import Adam
-from learnerlab.training import CSVLogger, SaveModelCallback, GradientAccumulation
+from learnerlab.training import CSVLogger, SaveModelCallback, GradientAccumulation, MixedPrecision
 
 N_TRAIN, N_VALID, N_EPOCH = 48, 21, 2     # 21 validation items: 2 ranks see 11 each, one is padding
 
@@ -63,6 +63,15 @@ class SyncProbe(Callback):
         if self.learn.training: self.syncs.append(bool(getattr(self.learn.model, 'require_backward_grad_sync', True)))
 
 
+class EpochProbe(Callback):
+    "Record, per epoch, the training inputs this rank saw and the epoch its sampler was set to."
+    order = 90
+    def before_fit(self): self.rows, self.sampler_epochs = {}, []
+    def before_train(self): self.sampler_epochs.append(self.learn.dl.sampler.epoch)
+    def before_batch(self):
+        if self.learn.training: self.rows.setdefault(self.learn.epoch, []).append(self.learn.x.clone())
+
+
 class Boom(Callback):
     "Raise at training batch `at` of the first epoch, on the ranks in `ranks`."
     def __init__(self, at, ranks): self.at, self.ranks = at, ranks
@@ -78,6 +87,15 @@ def train(out):
     rank = rank_distrib()
     assert num_distrib() == 2, num_distrib()
     res = {'torch': torch_reference(bs=4)}
+
+    # 0. work done once: rank 0 creates the file, the others find it
+    from learnerlab.distributed import rank0_first
+    def make_once(path):
+        if path.exists(): return False
+        path.write_text(f'written by rank {rank}'); return True
+    created = [None, None]
+    torch.distributed.all_gather_object(created, rank0_first(make_once, Path(out)/'cache.txt'))
+    res['created'] = created
 
     # 1. the main run: per-rank batch 4, a CSV log, the best model saved, one checkpoint per rank
     learn = make_learner(4, out, cbs=[CSVLogger(), SaveModelCallback(fname='best')])
@@ -100,7 +118,24 @@ def train(out):
     with learn.distrib_ctx(), learn.no_bar(): learn.fit(1)
     res.update(ga_weights=learn.model.state_dict(), ga_syncs=learn.sync_probe.syncs)
 
-    # 3. an exception on every rank: it reaches the script, and the model is unwrapped all the same
+    # 3. a shuffled training set: each epoch, the ranks share all items between them, in a new order
+    learn = make_learner(4, out, cbs=EpochProbe())
+    train_ds = learn.dls.train.dataset
+    learn.dls.train = DataLoader(train_ds, batch_size=4, shuffle=True)
+    with learn.distrib_ctx(), learn.no_bar(), learn.no_logging(): learn.fit(2)
+    mine = {e: torch.cat(rows) for e, rows in learn.epoch_probe.rows.items()}
+    everyone = [None, None]
+    torch.distributed.all_gather_object(everyone, mine)
+    res.update(shuffled=everyone, sampler_epochs=learn.epoch_probe.sampler_epochs)
+
+    # 4. mixed precision (bfloat16 autocast on the CPU): the ranks stay identical
+    learn = make_learner(4, out, cbs=MixedPrecision(dtype=torch.bfloat16))
+    with learn.distrib_ctx(), learn.no_bar(), learn.no_logging(): learn.fit(1)
+    both = [None, None]
+    torch.distributed.all_gather_object(both, learn.model.state_dict())
+    res.update(mp_weights=both, mp_values=learn.recorder.values)
+
+    # 5. an exception on every rank: it reaches the script, and the model is unwrapped all the same
     learn = make_learner(4, out)
     dls = learn.dls
     try:
