@@ -3,17 +3,19 @@
     python bench/optimizer.py                 # both parameter sets, about a minute on 2 cores
     python bench/optimizer.py --reps 40 --threads 2 --cases adam,adamw
 
-Cases: adam, adamw, sgd_mom (learnerlab's fused path vs torch fused), rmsprop and radam (multi-tensor path
-vs torch foreach; torch has no fused RMSprop or RAdam) and user_mom (the chapter's own momentum callbacks, typed by a user:
-the per-parameter loop, shown for its cost against torch SGD).
+Cases: adam, adamw, sgd_mom (learnerlab's fused path vs torch fused); rmsprop and radam (learnerlab's
+multi-tensor path vs torch foreach; torch has no fused RMSprop or RAdam); user_mom (the chapter's own
+momentum callbacks as a user types them: the per-parameter loop, shown for its cost against torch SGD).
 
 Parameter sets: (a) the shapes of torchvision's resnet34 (no weights: only the shapes matter),
 (b) 2,000 tensors of 1,000 values. Every variant of a case gets its own copy of the same starting
 parameters and the same fixed gradients, and the variants are timed interleaved (one step of each in
-turn, rotating which goes first, `--reps` rounds), so a burst of load on the shared machine hits all of them alike. We report the
-median ms/step and the ratios learnerlab / torch foreach and learnerlab / torch fused (PyTorch has no
-fused RMSprop or RAdam, so that column is '-' there), then the largest relative difference between learnerlab's
-parameters and torch fused's (or foreach's) after the same steps, to show they compute the same thing.
+turn, rotating which goes first, `--reps` rounds), so a burst of load on the shared machine hits all of
+them alike. We report the median ms/step, and the ratios learnerlab / torch foreach and learnerlab /
+torch fused as the median of each round's ratio (the steps of a round ran back to back, so pairing
+them cancels most of the load drift; '-' where torch has no fused version). The last column is the
+largest relative difference between learnerlab's parameters and torch fused's (else foreach's) after
+the same steps: they compute the same thing.
 """
 import argparse, os, statistics, sys, time, warnings
 from functools import partial
@@ -97,7 +99,8 @@ def bench_case(name, shapes, reps):
     ref = 'torch fused' if has_fused else 'torch foreach'
     ll_ps, ref_ps = variants['learnerlab'].param_lists[0], variants[ref].param_groups[0]['params']
     rel = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item() for a, b in zip(ll_ps, ref_ps))
-    return {k: statistics.median(v) for k, v in times.items()}, rel
+    ratios = {k: statistics.median(a / b for a, b in zip(times['learnerlab'], v)) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in times.items()}, ratios, rel
 
 
 def main():
@@ -117,11 +120,12 @@ def main():
     for set_name in args.sets.split(','):
         shapes = sets[set_name]()
         for case in args.cases.split(','):
-            t, rel = bench_case(case, shapes, args.reps)
+            t, ratio, rel = bench_case(case, shapes, args.reps)
             ll, fe, fu = t['learnerlab'], t['torch foreach'], t.get('torch fused')
-            fu_s, r_fu = (f"{fu:9.2f}", f"{ll / fu:9.2f}") if fu else (f"{'-':>9}", f"{'-':>9}")
-            print(f"{set_name:<10} {case:<8} {ll:10.2f} {fe:9.2f} {fu_s} {ll / fe:10.2f} {r_fu} {rel:13.1e}")
-    print("ms/step are medians; load average after: " + ' '.join(f'{x:.2f}' for x in os.getloadavg()))
+            fu_s, r_fu = (f"{fu:9.2f}", f"{ratio['torch fused']:9.2f}") if fu else (f"{'-':>9}", f"{'-':>9}")
+            print(f"{set_name:<10} {case:<8} {ll:10.2f} {fe:9.2f} {fu_s} {ratio['torch foreach']:10.2f} {r_fu} {rel:13.1e}")
+    print("ms/step: medians over rounds; ratios: medians of the per-round ratios (paired, so robust to load drift); "
+          "load average after: " + ' '.join(f'{x:.2f}' for x in os.getloadavg()))
 
 
 if __name__ == '__main__':

@@ -7,7 +7,12 @@ Docs: https://learnerlab.github.io/learnerlab/main.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/12_main.ipynb #e7338a80
+# %% ../nbs/12_main.ipynb #c086c7e0
 from .chapter import main
 
-if __name__ == '__main__': raise SystemExit(main())
+# %% ../nbs/12_main.ipynb #25e86fb6
+def _run_as_module():
+    "True only when this file runs as `python -m learnerlab`."
+    return __name__ == '__main__' and globals().get('__package__') == 'learnerlab'
+
+if _run_as_module(): raise SystemExit(main())

@@ -8,7 +8,7 @@ Docs: https://learnerlab.github.io/learnerlab/training_process.html.md"""
 __all__ = ['DATA_CHOICES', 'EXPERIMENTS', 'ARCHS', 'chapter_data', 'chapter_learner', 'result_row', 'results_table',
            'plot_losses', 'plot_schedules', 'run_experiment', 'chapter_parser', 'main']
 
-# %% ../nbs/10_training_process.ipynb #e21be42f
+# %% ../nbs/10_training_process.ipynb #50c82d24
 import argparse, math, os, random, sys, time
 from functools import partial
 from pathlib import Path
@@ -24,7 +24,7 @@ from .training import *
 from .data import URLs, get_data, get_fashion_sample
 from .vision import cnn_learner, resnet18, resnet34, resnet50
 
-# %% ../nbs/10_training_process.ipynb #5e30dbc5
+# %% ../nbs/10_training_process.ipynb #5c7abb3c
 DATA_CHOICES = {'imagenette-160': URLs.IMAGENETTE_160, 'imagenette-320': URLs.IMAGENETTE_320, 'imagenette': URLs.IMAGENETTE,
                 'imagewoof-160': URLs.IMAGEWOOF_160, 'imagewoof-320': URLs.IMAGEWOOF_320, 'imagewoof': URLs.IMAGEWOOF}
 
@@ -37,21 +37,21 @@ def chapter_data(data='sample', size=None, presize=None, bs=None, per_class=None
     return get_data(DATA_CHOICES.get(data, data), presize, size, bs or 128, train_per_class=per_class,
                     num_workers=num_workers, dest=dest)
 
-# %% ../nbs/10_training_process.ipynb #bc7cb22e
+# %% ../nbs/10_training_process.ipynb #e637347a
 def chapter_learner(dls, arch=resnet34, fp16=None, **kwargs):
     "The chapter's `get_learner`: `cnn_learner(dls, arch, pretrained=False, metrics=accuracy, **kwargs)`, fp16 on a GPU."
     learn = cnn_learner(dls, arch, pretrained=False, metrics=accuracy, **kwargs)
     if fp16 is None: fp16 = torch.device(dls.device).type == 'cuda'
     return learn.to_fp16() if fp16 else learn
 
-# %% ../nbs/10_training_process.ipynb #600891e1
+# %% ../nbs/10_training_process.ipynb #e934718e
 def result_row(name, learn, seconds, epochs):
     "One row of the results table from a learner that has just been fitted."
     train_loss, valid_loss, acc = learn.recorder.final_record[:3]
     return dict(optimizer=name, epochs=epochs, train_loss=train_loss, valid_loss=valid_loss, accuracy=acc,
                 time=seconds, recorder=learn.recorder)
 
-# %% ../nbs/10_training_process.ipynb #b12ef8c4
+# %% ../nbs/10_training_process.ipynb #f2eca27a
 def results_table(results):
     "A plain-text table: optimizer, epochs, final train/valid loss, accuracy and time of each result row."
     fmt = lambda v: 'n/a' if v is None or (isinstance(v, float) and not math.isfinite(v)) else f'{v:.4f}'
@@ -62,7 +62,7 @@ def results_table(results):
     line = lambda cells: '  '.join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     return '\n'.join([line(head), line(['-' * w for w in widths])] + [line(r) for r in rows])
 
-# %% ../nbs/10_training_process.ipynb #597c72e4
+# %% ../nbs/10_training_process.ipynb #82a5f77e
 def plot_losses(results, skip_start=5):
     "A `Figure` with the smoothed training loss of each result against the batch number."
     fig = Figure(figsize=(7, 4))
@@ -88,7 +88,7 @@ def plot_schedules(results):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/10_training_process.ipynb #200f1db1
+# %% ../nbs/10_training_process.ipynb #030669d3
 EXPERIMENTS = {
     'adam':     dict(name='Adam (default)', opt_func=Adam, fit='fit_one_cycle', lr=3e-3, kwargs={}),
     'sgd':      dict(name='SGD, moms=(0,0,0)', opt_func=SGD, fit='fit_one_cycle', lr=0.03, kwargs=dict(moms=(0, 0, 0))),
@@ -112,7 +112,7 @@ def run_experiment(dls, key, epochs=1, arch=resnet18, fp16=None, seed=42, quiet=
     else: getattr(learn, exp['fit'])(epochs, exp['lr'], **exp['kwargs'])
     return result_row(exp['name'], learn, time.time() - t0, epochs)
 
-# %% ../nbs/10_training_process.ipynb #a6e79153
+# %% ../nbs/10_training_process.ipynb #29be3f9c
 ARCHS = {'resnet18': resnet18, 'resnet34': resnet34, 'resnet50': resnet50}
 
 def chapter_parser():
@@ -150,7 +150,7 @@ def _check_args(p, a):
     if a.workers is not None and a.workers < 0: p.error(f"--workers must be >= 0, got {a.workers}")
     return keys
 
-# %% ../nbs/10_training_process.ipynb #c7d79394
+# %% ../nbs/10_training_process.ipynb #38c93cbc
 def main(argv=None):
     "Entry point of `learnerlab-chapter` / `python -m learnerlab`: run the experiments, print the table, save the plots."
     p = chapter_parser()

@@ -11,7 +11,7 @@ __all__ = ['ARCHIVE_SUFFIXES', 'VALID_NAMES', 'IMAGENET_STATS', 'SAMPLE_DIR', 'F
            'train_transforms', 'valid_transforms', 'per_class_subset', 'default_num_workers', 'get_data',
            'fashion_mnist_sample', 'get_fashion_sample']
 
-# %% ../nbs/07_data.ipynb #dceb6d23
+# %% ../nbs/07_data.ipynb #95917af8
 import hashlib, os, shutil, tarfile, tempfile, urllib.error, urllib.request, zlib
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 import learnerlab
 from .learner import DataLoaders
 
-# %% ../nbs/07_data.ipynb #7187a53a
+# %% ../nbs/07_data.ipynb #a442d294
 class URLs:
     "Official archive URLs of fast.ai's Imagenette and Imagewoof data sets (v2 splits)."
     S3_IMAGECLAS = 'https://s3.amazonaws.com/fast-ai-imageclas/'
@@ -35,7 +35,7 @@ class URLs:
     IMAGEWOOF_160 = S3_IMAGECLAS + 'imagewoof2-160.tgz'
     IMAGEWOOF_320 = S3_IMAGECLAS + 'imagewoof2-320.tgz'
 
-# %% ../nbs/07_data.ipynb #5914d110
+# %% ../nbs/07_data.ipynb #c06c3f6f
 def data_dir(dest=None):
     "The folder data sets are extracted into: `dest`, else `$LEARNERLAB_DATA`, else `~/.learnerlab/data` (created)."
     path = dest if dest is not None else os.environ.get('LEARNERLAB_DATA') or Path.home()/'.learnerlab'/'data'
@@ -44,7 +44,7 @@ def data_dir(dest=None):
     path.mkdir(parents=True, exist_ok=True)
     return path
 
-# %% ../nbs/07_data.ipynb #17092d90
+# %% ../nbs/07_data.ipynb #a516daf0
 ARCHIVE_SUFFIXES = ('.tar.gz', '.tgz', '.tar.bz2', '.tbz2', '.tar.xz', '.txz', '.tar')
 
 def archive_name(url_or_path):
@@ -54,7 +54,7 @@ def archive_name(url_or_path):
         if name.lower().endswith(suffix) and len(name) > len(suffix): return name[:-len(suffix)]
     raise ValueError(f"url_or_path must name a tar archive ({', '.join(ARCHIVE_SUFFIXES)}), got {str(url_or_path)!r}")
 
-# %% ../nbs/07_data.ipynb #99a33554
+# %% ../nbs/07_data.ipynb #9a807bfa
 class DownloadError(OSError):
     "A download that failed or stopped early."
 
@@ -81,7 +81,7 @@ def check_file(path, size=None, sha256=None):
                                   f"expected one; delete it and download it again")
     return path
 
-# %% ../nbs/07_data.ipynb #495e8d65
+# %% ../nbs/07_data.ipynb #d4eb07fa
 def _stream(resp, f, total, show_progress, chunk=1 << 20):
     "Copy the response `resp` into file `f`, with a progress bar when the size is known; return the byte count."
     n_chunks = -(-total // chunk) if total else 0
@@ -117,7 +117,7 @@ def download_url(url, dest, size=None, sha256=None, show_progress=True, timeout=
         if os.path.exists(tmp): os.remove(tmp)
     return dest
 
-# %% ../nbs/07_data.ipynb #5b723a43
+# %% ../nbs/07_data.ipynb #8846517f
 def _check_filters():
     "Error when this Python's tarfile has no extraction filters."
     if not hasattr(tarfile, 'data_filter'):
@@ -150,7 +150,7 @@ def extract_archive(archive, dest):
         if tmp.exists(): shutil.rmtree(tmp)
     return dest
 
-# %% ../nbs/07_data.ipynb #f00755c1
+# %% ../nbs/07_data.ipynb #559fcb86
 def _is_url(x): return isinstance(x, str) and '://' in x
 
 def untar_data(url, dest=None, size=None, sha256=None, force=False, show_progress=True):
@@ -173,7 +173,7 @@ def untar_data(url, dest=None, size=None, sha256=None, force=False, show_progres
     finally:
         if os.path.exists(tmp): os.remove(tmp)
 
-# %% ../nbs/07_data.ipynb #963edd11
+# %% ../nbs/07_data.ipynb #f3121db4
 VALID_NAMES = ('val', 'valid', 'validation', 'test')
 
 def find_splits(path):
@@ -187,14 +187,14 @@ def find_splits(path):
                                 f"sub-folder per class; found folders {found}")
     return path/'train', valid
 
-# %% ../nbs/07_data.ipynb #62416deb
+# %% ../nbs/07_data.ipynb #8fafa869
 def load_rgb(path):
     "Open the image at `path` as an RGB `PIL.Image` (greyscale and palette images converted)."
     with open(path, 'rb') as f:
         img = Image.open(f)
         return img.convert('RGB')
 
-# %% ../nbs/07_data.ipynb #5043f7b7
+# %% ../nbs/07_data.ipynb #e0f11002
 IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 def _check_size(v, name):
@@ -215,7 +215,7 @@ def valid_transforms(resize, mean=IMAGENET_STATS[0], std=IMAGENET_STATS[1]):
     return v2.Compose([v2.ToImage(), v2.Resize(resize, antialias=True), v2.CenterCrop(resize),
                        v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
-# %% ../nbs/07_data.ipynb #da915ad1
+# %% ../nbs/07_data.ipynb #8e68f152
 def per_class_subset(ds, n):
     "`ds` (an `ImageFolder`) limited to the first `n` items of each class, as a `torch.utils.data.Subset`; `n=None` keeps all."
     if n is None: return ds
@@ -225,13 +225,13 @@ def per_class_subset(ds, n):
         if counts.get(t, 0) < n: keep.append(i); counts[t] = counts.get(t, 0) + 1
     return torch.utils.data.Subset(ds, keep)
 
-# %% ../nbs/07_data.ipynb #1b0b16dd
+# %% ../nbs/07_data.ipynb #9f13b215
 def default_num_workers():
     "Worker processes for image loading: one less than the CPU count, at least 0, at most 8."
     n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     return max(0, min(8, n - 1))
 
-# %% ../nbs/07_data.ipynb #34bab29a
+# %% ../nbs/07_data.ipynb #94054d17
 def _image_folder_path(url_or_path, dest):
     "A folder of images from a URL, an archive file or a folder."
     if _is_url(url_or_path): return untar_data(url_or_path, dest)
@@ -260,7 +260,7 @@ def get_data(url_or_path, presize, resize, bs=128, mean=None, std=None, min_scal
     dls.vocab, dls.path = classes, train_dir.parent
     return dls
 
-# %% ../nbs/07_data.ipynb #61b8a21e
+# %% ../nbs/07_data.ipynb #db47839f
 SAMPLE_DIR = Path(learnerlab.__file__).resolve().parent/'samples'
 FASHION_SAMPLE = SAMPLE_DIR/'fashion_mnist_sample.tgz'
 FASHION_SAMPLE_SHA256 = 'bc0e967ace36a5703fe591863f8d38e5fb40701b1d2f4a749d5775cb9db69a54'
@@ -272,7 +272,7 @@ def fashion_mnist_sample(dest=None):
     if not FASHION_SAMPLE.is_file(): raise FileNotFoundError(f"the packaged sample {FASHION_SAMPLE} is missing: reinstall learnerlab")
     return untar_data(FASHION_SAMPLE, dest, sha256=FASHION_SAMPLE_SHA256)
 
-# %% ../nbs/07_data.ipynb #5608caff
+# %% ../nbs/07_data.ipynb #ceba4e24
 def get_fashion_sample(size=32, bs=64, min_scale=0.75, dest=None, **kwargs):
     "`get_data` on the packaged Fashion-MNIST sample at `size` pixels: 2,500 training and 500 validation images."
     return get_data(fashion_mnist_sample(dest), size, size, bs, mean=FASHION_STATS[0], std=FASHION_STATS[1],

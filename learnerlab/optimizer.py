@@ -10,13 +10,13 @@ __all__ = ['Optimizer', 'PerParameterWarning', 'sgd_step', 'sgd_cb', 'weight_dec
            'spread_values', 'radam_step', 'RAdam', 'qhadam_step', 'QHAdam', 'lamb_step', 'LAMB', 'larc_layer_lr',
            'larc_step', 'Larc', 'Lookahead', 'ranger', 'OptimWrapper', 'register_multi_tensor']
 
-# %% ../nbs/01_optimizer.ipynb #91bcad66
+# %% ../nbs/01_optimizer.ipynb #cc62ca2c
 import math, inspect, warnings
 from functools import partial
 import torch
 from fastcore.basics import patch
 
-# %% ../nbs/01_optimizer.ipynb #8ad90813
+# %% ../nbs/01_optimizer.ipynb #7ef47b69
 def _check_params(ps, where):
     "Materialise `ps` as a list of tensors, raising a clear error on anything else."
     if isinstance(ps, torch.Tensor): ps = [ps]
@@ -27,7 +27,7 @@ def _check_params(ps, where):
                             "pass model.parameters(), a list of tensors, or a list of parameter groups")
     return ps
 
-# %% ../nbs/01_optimizer.ipynb #24044a3c
+# %% ../nbs/01_optimizer.ipynb #8bf8ddd9
 def _param_groups(params):
     "Split `params` into a list of parameter lists and a list of per-group hyper overrides."
     if isinstance(params, torch.Tensor): params = [params]
@@ -53,7 +53,7 @@ def _param_groups(params):
             seen[id(p)] = gi
     return groups, overrides
 
-# %% ../nbs/01_optimizer.ipynb #f701c254
+# %% ../nbs/01_optimizer.ipynb #916191c0
 _STANDARD_HYPERS = ('lr', 'mom', 'sqr_mom', 'eps', 'wd')
 
 def _check_hyper(name, v):
@@ -63,7 +63,7 @@ def _check_hyper(name, v):
         if math.isnan(v): raise ValueError(f"{name} is NaN; pass a number")
         if name == 'lr' and v < 0: raise ValueError(f"lr must be >= 0, got {v}; pass a positive learning rate")
 
-# %% ../nbs/01_optimizer.ipynb #fba9eaff
+# %% ../nbs/01_optimizer.ipynb #51551128
 def _update(state, new, cb):
     "Update the per-parameter `state` with the dict `new` returned by callback `cb`."
     if new is None: return state
@@ -74,7 +74,7 @@ def _update(state, new, cb):
     state.update(new)
     return state
 
-# %% ../nbs/01_optimizer.ipynb #bab5fc4a
+# %% ../nbs/01_optimizer.ipynb #d0b3b02e
 def _cb_names(cbs):
     "Keyword names that the callbacks `cbs` accept."
     names = set()
@@ -83,7 +83,7 @@ def _cb_names(cbs):
         except (TypeError, ValueError): pass
     return names
 
-# %% ../nbs/01_optimizer.ipynb #761ab670
+# %% ../nbs/01_optimizer.ipynb #07bab50b
 class Optimizer:
     "An optimizer that runs the callbacks `cbs` on each parameter, with hyper-parameters per group."
     def __init__(self, params, cbs, train_bn=True, **defaults):
@@ -118,7 +118,7 @@ class Optimizer:
             for cb in self.cbs: state = _update(state, cb(p, **{**state, **hyper}), cb)
             self.state[p] = state
 
-# %% ../nbs/01_optimizer.ipynb #3322cacb
+# %% ../nbs/01_optimizer.ipynb #9241fa30
 @patch
 def _init_fast(self: Optimizer): pass
 @patch
@@ -127,7 +127,7 @@ def _fast_step(self: Optimizer): return False
 class PerParameterWarning(UserWarning):
     "Warned once when an optimizer's callback chain has to run on the (slow) per-parameter path."
 
-# %% ../nbs/01_optimizer.ipynb #6feb3c48
+# %% ../nbs/01_optimizer.ipynb #bb81686b
 def sgd_step(p, lr, **kwargs):
     "Move `p` against its gradient: `p -= lr * grad`."
     p.data.add_(p.grad.data, alpha=-lr)
@@ -136,7 +136,7 @@ def sgd_cb(p, lr, **kwargs):
     "The chapter's name for `sgd_step`: `p -= lr * grad`."
     p.data.add_(p.grad.data, alpha=-lr)
 
-# %% ../nbs/01_optimizer.ipynb #8bb6ac52
+# %% ../nbs/01_optimizer.ipynb #e51406f0
 def weight_decay(p, lr, wd, **kwargs):
     "Decoupled weight decay: `p *= 1 - lr*wd`."
     if wd != 0: p.data.mul_(1 - lr * wd)
@@ -145,7 +145,7 @@ def l2_reg(p, wd, **kwargs):
     "L2 regularisation: add `wd*p` to the gradient."
     if wd != 0: p.grad.data.add_(p.data, alpha=wd)
 
-# %% ../nbs/01_optimizer.ipynb #91566810
+# %% ../nbs/01_optimizer.ipynb #516cc1ab
 def average_grad(p, mom, dampening=False, grad_avg=None, **kwargs):
     "Moving average of the gradients, in state `grad_avg`; `dampening` multiplies the new gradient by `1-mom`."
     if grad_avg is None: grad_avg = torch.zeros_like(p.grad.data)
@@ -159,14 +159,14 @@ def average_sqr_grad(p, sqr_mom, dampening=True, sqr_avg=None, **kwargs):
     sqr_avg.mul_(sqr_mom).addcmul_(p.grad.data, p.grad.data, value=(1 - sqr_mom) if dampening else 1.)
     return {'sqr_avg': sqr_avg}
 
-# %% ../nbs/01_optimizer.ipynb #f8a6f604
+# %% ../nbs/01_optimizer.ipynb #989c66c8
 def step_stat(p, step=None, **kwargs):
     "Count the steps taken, in state `step` (a 0-d float32 tensor)."
     if step is None: step = torch.zeros((), dtype=torch.float32, device=p.device)
     step += 1
     return {'step': step}
 
-# %% ../nbs/01_optimizer.ipynb #9b284569
+# %% ../nbs/01_optimizer.ipynb #c0a9006d
 def momentum_step(p, lr, grad_avg, **kwargs):
     "Move `p` along the averaged gradient: `p -= lr * grad_avg`."
     p.data.add_(grad_avg, alpha=-lr)
@@ -183,7 +183,7 @@ def rms_prop_step(p, lr, sqr_avg, eps, grad_avg=None, mom=0., mom_buf=None, **kw
     p.data.add_(mom_buf, alpha=-lr)
     return {'mom_buf': mom_buf}
 
-# %% ../nbs/01_optimizer.ipynb #69a40901
+# %% ../nbs/01_optimizer.ipynb #45c2de1e
 def debias(mom, step):
     "The debiasing factor `1 - mom**step` for a damped moving average after `step` steps."
     return 1 - mom ** step
@@ -195,27 +195,27 @@ def adam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     denom = (sqr_avg.sqrt() / math.sqrt(debias(sqr_mom, step))).add_(eps)
     p.data.addcdiv_(grad_avg, denom, value=-step_size)
 
-# %% ../nbs/01_optimizer.ipynb #d3690c9d
+# %% ../nbs/01_optimizer.ipynb #bcf9e0e4
 def SGD(params, lr, mom=0., wd=0., decouple_wd=True):
     "SGD with optional momentum (undamped, as `torch.optim.SGD`) and weight decay (decoupled, or L2 with `decouple_wd=False`)."
     cbs = [weight_decay if decouple_wd else l2_reg]
     cbs += [average_grad, momentum_step] if mom != 0 else [sgd_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, wd=wd)
 
-# %% ../nbs/01_optimizer.ipynb #d12a9a58
+# %% ../nbs/01_optimizer.ipynb #808894bf
 def RMSProp(params, lr, sqr_mom=0.99, mom=0., eps=1e-8, wd=0., decouple_wd=True):
     "RMSProp (PyTorch's form, momentum on the normalised step) with decoupled or L2 weight decay."
     cbs = [weight_decay if decouple_wd else l2_reg, average_sqr_grad, rms_prop_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
 
-# %% ../nbs/01_optimizer.ipynb #cb015f85
+# %% ../nbs/01_optimizer.ipynb #9d3ff179
 def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True):
     "Adam with fastai's defaults; decoupled weight decay (AdamW) unless `decouple_wd=False` (L2, like `torch.optim.Adam`)."
     cbs = [weight_decay if decouple_wd else l2_reg, partial(average_grad, dampening=True),
            average_sqr_grad, step_stat, adam_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
 
-# %% ../nbs/01_optimizer.ipynb #16d24b40
+# %% ../nbs/01_optimizer.ipynb #edf59dd2
 def spread_values(v, n):
     "List of `n` values from `v`: a number, a list of `n` values, or a `slice(lo, hi)` spread geometrically."
     if isinstance(v, slice):
@@ -228,7 +228,7 @@ def spread_values(v, n):
         return list(v)
     return [v] * n
 
-# %% ../nbs/01_optimizer.ipynb #f84fe3e3
+# %% ../nbs/01_optimizer.ipynb #6e5dc972
 @patch
 def set_hyper(self: Optimizer, k, v):
     "Set hyper-parameter `k` to `v` (a number, a list with one value per group, or a slice) in every group."
@@ -244,7 +244,7 @@ def set_hypers(self: Optimizer, **kwargs):
     "Set several hyper-parameters at once, e.g. `set_hypers(lr=1e-3, mom=0.9)`."
     for k, v in kwargs.items(): self.set_hyper(k, v)
 
-# %% ../nbs/01_optimizer.ipynb #947b5815
+# %% ../nbs/01_optimizer.ipynb #4faf9379
 @patch
 def freeze_to(self: Optimizer, n):
     "Freeze the parameter groups before index `n` (negative counts from the end), unfreeze the rest."
@@ -266,7 +266,7 @@ def unfreeze(self: Optimizer):
     "Make every parameter group trainable."
     self.freeze_to(0)
 
-# %% ../nbs/01_optimizer.ipynb #ec7ee0ee
+# %% ../nbs/01_optimizer.ipynb #a1a6d254
 @patch
 def _layout(self: Optimizer):
     "The shape of each parameter, group by group."
@@ -299,7 +299,7 @@ def clear_state(self: Optimizer):
     "Forget every parameter's state (moving averages, step counts)."
     self.state = {}
 
-# %% ../nbs/01_optimizer.ipynb #c461b942
+# %% ../nbs/01_optimizer.ipynb #6b3cc821
 def radam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     "RAdam's rectified Adam step (momentum-only while the variance estimate is unreliable), as in `torch.optim.RAdam`."
     step = float(step)
@@ -317,7 +317,7 @@ def RAdam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True):
            step_stat, radam_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
 
-# %% ../nbs/01_optimizer.ipynb #1b2d3df8
+# %% ../nbs/01_optimizer.ipynb #2a1a63ee
 def qhadam_step(p, lr, mom, sqr_mom, sqr_avg, nu_1, nu_2, step, grad_avg, eps, **kwargs):
     "QHAdam's step: Adam on a mix `nu_1` of averaged and current gradient (and `nu_2` for the squares)."
     step, g = float(step), p.grad.data
@@ -331,7 +331,7 @@ def QHAdam(params, lr, mom=0.999, sqr_mom=0.999, nu_1=0.7, nu_2=1.0, eps=1e-8, w
            step_stat, qhadam_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, nu_1=nu_1, nu_2=nu_2, eps=eps, wd=wd)
 
-# %% ../nbs/01_optimizer.ipynb #94da6604
+# %% ../nbs/01_optimizer.ipynb #710f8736
 def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     "LAMB's step: Adam's update scaled per tensor by the trust ratio `||p|| / ||update||` (at most 10)."
     step = float(step)
@@ -346,7 +346,7 @@ def LAMB(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True):
            step_stat, lamb_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
 
-# %% ../nbs/01_optimizer.ipynb #b41e597d
+# %% ../nbs/01_optimizer.ipynb #3e984068
 def larc_layer_lr(p, lr, trust_coeff, wd, eps, clip=True, **kwargs):
     "The per-tensor learning rate of LARS (`clip=False`) or LARC (`clip=True`), in state `local_lr`."
     p_norm, g_norm = p.data.norm().item(), p.grad.data.norm().item()
@@ -365,7 +365,7 @@ def Larc(params, lr, mom=0.9, clip=True, trust_coeff=0.02, eps=1e-8, wd=0., deco
     cbs += [partial(larc_layer_lr, clip=clip), larc_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, trust_coeff=trust_coeff, eps=eps, wd=wd)
 
-# %% ../nbs/01_optimizer.ipynb #edfd423b
+# %% ../nbs/01_optimizer.ipynb #3f322449
 class Lookahead:
     "Wrap optimizer `opt`: every `k` steps, move slow weights `alpha` of the way to the fast ones and restart from them."
     def __init__(self, opt, k=6, alpha=0.5):
@@ -441,12 +441,12 @@ class Lookahead:
         "Unfreeze every group."
         self.opt.unfreeze()
 
-# %% ../nbs/01_optimizer.ipynb #cf0d80bb
+# %% ../nbs/01_optimizer.ipynb #66e5d7e9
 def ranger(params, lr, mom=0.95, sqr_mom=0.99, eps=1e-6, wd=0.01, k=6, alpha=0.5, decouple_wd=True):
     "Ranger: `Lookahead` around `RAdam`."
     return Lookahead(RAdam(params, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, decouple_wd=decouple_wd), k=k, alpha=alpha)
 
-# %% ../nbs/01_optimizer.ipynb #23584ac7
+# %% ../nbs/01_optimizer.ipynb #d5af8152
 def _default_hp_map(torch_defaults):
     "learnerlab name -> torch name (or `(name, index)` into a tuple) for a torch optimizer with `torch_defaults`."
     m = {'lr': 'lr', 'wd': 'weight_decay', 'eps': 'eps'}
@@ -460,7 +460,7 @@ def _torch_defaults(opt_cls):
     "The keyword defaults of the torch optimizer class `opt_cls`."
     return {k: v.default for k, v in inspect.signature(opt_cls).parameters.items() if v.default is not inspect.Parameter.empty}
 
-# %% ../nbs/01_optimizer.ipynb #ef819484
+# %% ../nbs/01_optimizer.ipynb #e6a7fc39
 class OptimWrapper:
     "Use the `torch.optim` optimizer class `opt` through learnerlab's interface, with hyper names translated by `hp_map`."
     def __init__(self, params, opt=torch.optim.AdamW, hp_map=None, train_bn=True, **kwargs):
@@ -540,7 +540,7 @@ class OptimWrapper:
         self.opt.state.clear()
     freeze_to, freeze, unfreeze = Optimizer.freeze_to, Optimizer.freeze, Optimizer.unfreeze
 
-# %% ../nbs/01_optimizer.ipynb #1cfdebf8
+# %% ../nbs/01_optimizer.ipynb #f3bf206c
 def _fill(lst, like, make):
     "Replace each `None` in `lst` by `make(t)` for the matching tensor `t` of `like`."
     for i, v in enumerate(lst):
@@ -605,7 +605,7 @@ def _mt_adam_step(ps, grads, st, hyper):
     torch._foreach_add_(denom, hyper['eps'])
     torch._foreach_addcdiv_(ps, st['grad_avg'], denom, step_sizes)
 
-# %% ../nbs/01_optimizer.ipynb #f0f22eb1
+# %% ../nbs/01_optimizer.ipynb #a3515c5c
 def _debiased(lst, mom, steps):
     "New tensors `lst[i] / (1 - mom**steps[i])`."
     return torch._foreach_div(lst, [debias(mom, s) for s in steps])
@@ -664,13 +664,17 @@ def _mt_larc_step(ps, grads, st, hyper):
     g = avgs if avgs is not None and None not in avgs else grads
     torch._foreach_add_(ps, torch._foreach_mul(g, [-lr for lr in st['local_lr']]))
 
-# %% ../nbs/01_optimizer.ipynb #e9c1b87e
+# %% ../nbs/01_optimizer.ipynb #9a87f803
 _MULTI_TENSOR = {}
+
+_registry_version = 0
 
 def register_multi_tensor(cb, form, state_names=()):
     "Register `form(ps, grads, st, hyper, **keywords)` as the multi-tensor version of callback `cb`, creating `state_names`."
+    global _registry_version
     if not callable(cb) or not callable(form): raise TypeError("register_multi_tensor: cb and form must be functions")
     _MULTI_TENSOR[cb] = (form, tuple(state_names))
+    _registry_version += 1
 
 for _cb, _form, _names in [(sgd_step, _mt_sgd_step, ()), (sgd_cb, _mt_sgd_step, ()),
                            (weight_decay, _mt_weight_decay, ()), (l2_reg, _mt_l2_reg, ()),
@@ -683,7 +687,7 @@ for _cb, _form, _names in [(sgd_step, _mt_sgd_step, ()), (sgd_cb, _mt_sgd_step, 
                            (larc_step, _mt_larc_step, ())]:
     register_multi_tensor(_cb, _form, _names)
 
-# %% ../nbs/01_optimizer.ipynb #0c9baa2d
+# %% ../nbs/01_optimizer.ipynb #9978de9b
 def _cb_key(cb):
     "`(function, sorted keywords)` for a registered callback or a keyword-only partial of one, else None."
     if isinstance(cb, partial):
@@ -696,7 +700,7 @@ def _cb_name(cb):
     f = cb.func if isinstance(cb, partial) else cb
     return getattr(f, '__name__', repr(f))
 
-# %% ../nbs/01_optimizer.ipynb #c3fa1170
+# %% ../nbs/01_optimizer.ipynb #bf13aefc
 _WD_KEYS = {(weight_decay, ()): True, (l2_reg, ()): False}
 _FUSED_CHAINS = {
     ((sgd_step, ()),): 'sgd', ((sgd_cb, ()),): 'sgd',
@@ -713,7 +717,7 @@ def _fused_kind(keys):
     kind = _FUSED_CHAINS.get(tuple(keys))
     return None if kind is None else (kind, decoupled)
 
-# %% ../nbs/01_optimizer.ipynb #299809ca
+# %% ../nbs/01_optimizer.ipynb #34ff5b59
 def _fused_sgd(ps, grads, st, hyper, decoupled, momentum):
     lr, wd = hyper['lr'], (hyper.get('wd', 0.) if decoupled is not None else 0.)
     if decoupled and wd != 0: torch._foreach_mul_(ps, 1 - lr * wd)
@@ -730,16 +734,16 @@ def _fused_adam(ps, grads, st, hyper, decoupled):
     avgs, sqrs, steps = st['grad_avg'], st['sqr_avg'], st['step']
     _fill(avgs, grads, torch.zeros_like); _fill(sqrs, grads, torch.zeros_like); _fill(steps, ps, _new_step)
     _increment_steps(steps)
-    kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+    wd = hyper.get('wd', 0.) if decoupled is not None else 0.
+    kernel = torch._fused_adamw_ if decoupled and wd != 0 else torch._fused_adam_
     kernel(ps, grads, avgs, sqrs, [], steps, amsgrad=False, lr=hyper['lr'], beta1=hyper['mom'],
-           beta2=hyper['sqr_mom'], weight_decay=hyper.get('wd', 0.) if decoupled is not None else 0.,
-           eps=hyper['eps'], maximize=False, grad_scale=None, found_inf=None)
+           beta2=hyper['sqr_mom'], weight_decay=wd, eps=hyper['eps'], maximize=False, grad_scale=None, found_inf=None)
 
 _FUSED_STEPS = {'sgd': partial(_fused_sgd, momentum=False), 'sgd_mom': partial(_fused_sgd, momentum=True),
                 'adam': _fused_adam}
 _FUSED_STATE = {'sgd': (), 'sgd_mom': ('grad_avg',), 'adam': ('grad_avg', 'sqr_avg', 'step')}
 
-# %% ../nbs/01_optimizer.ipynb #32ddd62a
+# %% ../nbs/01_optimizer.ipynb #99923304
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 _FUSED_DEVICES = set(_get_fused_kernels_supported_devices())
 _FUSED_DTYPES = {torch.float32, torch.float64, torch.float16, torch.bfloat16}
@@ -755,17 +759,20 @@ def _make_plan(cbs):
 @patch
 def _init_fast(self: Optimizer):
     "Reset the cached execution plan."
-    self._plan_cbs, self._plan, self._warned = None, None, False
+    self._plan_cbs, self._plan, self._plan_version, self._warned = None, None, -1, False
     self.use_fused = True
 
 @patch
 def _get_plan(self: Optimizer):
-    "The cached plan for the current `self.cbs`, remade if the list of callbacks changed."
-    if self._plan_cbs is None or len(self._plan_cbs) != len(self.cbs) or any(a is not b for a, b in zip(self._plan_cbs, self.cbs)):
+    "The cached plan for the current `self.cbs`, remade if the callbacks or the registry changed."
+    same_cbs = (self._plan_cbs is not None and len(self._plan_cbs) == len(self.cbs)
+                and all(a is b for a, b in zip(self._plan_cbs, self.cbs)))
+    if not same_cbs or self._plan_version != _registry_version:
         self._plan_cbs, self._plan, self._warned = list(self.cbs), _make_plan(self.cbs), False
+        self._plan_version = _registry_version
     return self._plan
 
-# %% ../nbs/01_optimizer.ipynb #435e2020
+# %% ../nbs/01_optimizer.ipynb #e466146c
 import operator
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 

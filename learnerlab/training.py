@@ -9,7 +9,7 @@ __all__ = ['MixedPrecision', 'TerminateOnNaNCallback', 'ModelResetter', 'RNNRegu
            'TrackerCallback', 'EarlyStoppingCallback', 'SaveModelCallback', 'ReduceLROnPlateau', 'CSVLogger',
            'ShowGraphCallback']
 
-# %% ../nbs/06_callbacks.ipynb #bd6b1e9b
+# %% ../nbs/06_callbacks.ipynb #771d47f8
 import csv, math, time
 from pathlib import Path
 import torch
@@ -19,7 +19,7 @@ from .callback import Callback, CancelBatchException, CancelFitException
 from .learner import Learner, Recorder, TrainEvalCallback, ProgressCallback, find_bs
 from .schedule import LRFinder
 
-# %% ../nbs/06_callbacks.ipynb #a2a06abb
+# %% ../nbs/06_callbacks.ipynb #2de8eeb5
 _HALF = {'fp16': torch.float16, 'float16': torch.float16, 'half': torch.float16,
          'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16}
 
@@ -43,7 +43,7 @@ class _ScalerTarget:
         return [{'params': [p for p in self.learn.model.parameters() if p.grad is not None]}]
     def step(self): self.stepped = True
 
-# %% ../nbs/06_callbacks.ipynb #e5b30593
+# %% ../nbs/06_callbacks.ipynb #f7cbba29
 class MixedPrecision(Callback):
     "Forward pass and loss under `torch.autocast` in `dtype`; dynamic loss scaling (GradScaler) for float16."
     order = 10
@@ -118,7 +118,7 @@ class MixedPrecision(Callback):
         "Keep checkpoint state `sd` for the next fit, which creates the GradScaler."
         self._loaded = {'scaler': dict(sd.get('scaler') or {}), 'skipped': int(sd.get('skipped', 0))}
 
-# %% ../nbs/06_callbacks.ipynb #08236927
+# %% ../nbs/06_callbacks.ipynb #25d9770e
 @patch
 def to_fp16(self:Learner, **scaler_kwargs):
     "Train with float16 mixed precision and dynamic loss scaling (kwargs go to `torch.amp.GradScaler`); return self."
@@ -140,7 +140,7 @@ def to_fp32(self:Learner):
     self.model.float()
     return self
 
-# %% ../nbs/06_callbacks.ipynb #6d2a94e0
+# %% ../nbs/06_callbacks.ipynb #a73b50b7
 class TerminateOnNaNCallback(Callback):
     "Stop training as soon as the loss is infinite or NaN."
     run_before = (Recorder,)
@@ -148,7 +148,7 @@ class TerminateOnNaNCallback(Callback):
         loss = self.learn.loss
         if self.learn.training and loss is not None and not torch.isfinite(loss).all(): raise CancelFitException
 
-# %% ../nbs/06_callbacks.ipynb #7e854758
+# %% ../nbs/06_callbacks.ipynb #795a5a50
 class ModelResetter(Callback):
     "Call `model.reset()` before training, before validation and after the fit (for stateful RNNs)."
     def before_fit(self):
@@ -158,7 +158,7 @@ class ModelResetter(Callback):
     def begin_validate(self): self.learn.model.reset()
     def after_fit(self): self.learn.model.reset()
 
-# %% ../nbs/06_callbacks.ipynb #51ae141e
+# %% ../nbs/06_callbacks.ipynb #9314d30a
 class RNNRegularizer(Callback):
     "Add AR (`alpha`, on activations) and TAR (`beta`, on their change over time) penalties to the loss."
     def __init__(self, alpha=0., beta=0.): self.alpha, self.beta = alpha, beta
@@ -178,7 +178,7 @@ class RNNRegularizer(Callback):
             if h.shape[1] > 1:
                 self.learn.loss = self.learn.loss + self.beta * (h[:, 1:] - h[:, :-1]).float().pow(2).mean()
 
-# %% ../nbs/06_callbacks.ipynb #0b0617af
+# %% ../nbs/06_callbacks.ipynb #3f0a287a
 class GradientClip(Callback):
     "Clip the gradients' global `norm_type` norm to `max_norm` before each optimizer step."
     order, run_after = 20, (MixedPrecision,)
@@ -188,7 +188,7 @@ class GradientClip(Callback):
     def before_step(self):
         nn.utils.clip_grad_norm_(self.learn.model.parameters(), self.max_norm, self.norm_type)
 
-# %% ../nbs/06_callbacks.ipynb #41fa983d
+# %% ../nbs/06_callbacks.ipynb #9e9b38b1
 class GradientAccumulation(Callback):
     "Accumulate gradients and step only once every `n_acc` items; the loss is scaled by `bs/n_acc` for the backward."
     order, run_before = 5, (MixedPrecision,)
@@ -210,7 +210,7 @@ class GradientAccumulation(Callback):
     def after_fit(self):
         if self.count and self.learn.opt is not None: self.learn.opt.zero_grad()
 
-# %% ../nbs/06_callbacks.ipynb #76e146b5
+# %% ../nbs/06_callbacks.ipynb #419aff4f
 def _lower_is_better(name): return 'loss' in name or 'error' in name
 
 def _lr_finding(learn):
@@ -252,7 +252,7 @@ class TrackerCallback(Callback):
     def state_dict(self): return {'best': self.best}
     def load_state_dict(self, sd): self.best = sd['best']
 
-# %% ../nbs/06_callbacks.ipynb #0c706664
+# %% ../nbs/06_callbacks.ipynb #d14eca9e
 class EarlyStoppingCallback(TrackerCallback):
     "Stop training when `monitor` has not improved by more than `min_delta` for `patience` epochs."
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, reset_on_fit=True):
@@ -269,7 +269,7 @@ class EarlyStoppingCallback(TrackerCallback):
             self.stopped_epoch = self.learn.epoch
             raise CancelFitException
 
-# %% ../nbs/06_callbacks.ipynb #3e0451c8
+# %% ../nbs/06_callbacks.ipynb #98be77e6
 class SaveModelCallback(TrackerCallback):
     "Save the model when `monitor` improves (or every epoch) to `fname`; reload the best one at the end."
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., fname='model', every_epoch=False,
@@ -291,7 +291,7 @@ class SaveModelCallback(TrackerCallback):
         if not self.every_epoch and self.saved_best:
             self.learn.load(self.fname, with_opt=self.with_opt, with_cbs=False, with_rng=False)
 
-# %% ../nbs/06_callbacks.ipynb #d365c714
+# %% ../nbs/06_callbacks.ipynb #d641fc32
 class ReduceLROnPlateau(TrackerCallback):
     "Divide the learning rate by `factor` (not below `min_lr`) when `monitor` has not improved for `patience` epochs."
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, factor=10., min_lr=0,
@@ -312,7 +312,7 @@ class ReduceLROnPlateau(TrackerCallback):
             self.learn.opt.set_hyper('lr', lrs)
             self.reductions.append((self.learn.epoch, lrs[-1]))
 
-# %% ../nbs/06_callbacks.ipynb #89b36b17
+# %% ../nbs/06_callbacks.ipynb #d8c36d72
 class CSVLogger(Callback):
     "Write the results table, one row per epoch, to the CSV file `learn.path/fname` (appending if `append`)."
     order = 56
@@ -347,7 +347,7 @@ class CSVLogger(Callback):
         "The rows written so far, as a list of dicts column -> string."
         with open(self.path, newline='') as f: return list(csv.DictReader(f))
 
-# %% ../nbs/06_callbacks.ipynb #6389485e
+# %% ../nbs/06_callbacks.ipynb #dfaff173
 class ShowGraphCallback(Callback):
     "Live plot of the training and validation losses, updated after each epoch."
     order = 65    # after the Recorder and the progress bar
