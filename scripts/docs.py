@@ -48,11 +48,28 @@ def _split_imports(cell):
     new = [{**cell, 'source': '\n'.join(imports), 'outputs': [], 'execution_count': None}] if imports else []
     return new + [{**cell, 'source': '\n'.join(rest)}]
 
-def split_import_cells(stage):
-    "Apply `_split_imports` to every staged notebook."
+def terminal_text(text):
+    """What a terminal would show for `text`: each carriage return overwrites its line, so a console
+    progress bar (drawn by redrawing one line) leaves only its last state, and blank lines go."""
+    lines = []
+    for line in text.split('\n'):
+        shown = [seg for seg in line.split('\r') if seg.strip()]
+        if shown and shown[-1].strip() != '\u2588': lines.append(shown[-1].rstrip())
+    return '\n'.join(lines) + ('\n' if lines else '')
+
+def prepare_notebook(nb):
+    "Split mixed import cells and reduce console progress bars in stream outputs to their last state."
+    nb['cells'] = [c for cell in nb['cells'] for c in (_split_imports(cell) if cell['cell_type'] == 'code' else [cell])]
+    for cell in nb['cells']:
+        outs = [dict(o, text=terminal_text(''.join(o['text']))) if o.get('output_type') == 'stream' else o
+                for o in cell.get('outputs', [])]
+        if 'outputs' in cell: cell['outputs'] = [o for o in outs if o.get('output_type') != 'stream' or o['text']]
+    return nb
+
+def prepare_notebooks(stage):
+    "Apply `prepare_notebook` to every staged notebook."
     for nb_path in stage.glob('*.ipynb'):
-        nb = json.loads(nb_path.read_text())
-        nb['cells'] = [c for cell in nb['cells'] for c in (_split_imports(cell) if cell['cell_type'] == 'code' else [cell])]
+        nb = prepare_notebook(json.loads(nb_path.read_text()))
         for c in nb['cells']: c.pop('id', None)
         nb_path.write_text(json.dumps(nb))
 
@@ -62,7 +79,7 @@ def process_notebooks(stage):
     from nbdev.serve import proc_nbs
     from nbdev.doclinks import _build_modidx
     _build_modidx()
-    split_import_cells(stage)
+    prepare_notebooks(stage)
     nbdev_sidebar.__wrapped__(path=stage, force=True)
     return proc_nbs(str(stage), force=True, n_workers=0)
 
