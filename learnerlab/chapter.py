@@ -8,7 +8,7 @@ Docs: https://learnerlab.github.io/learnerlab/training_process.html.md"""
 __all__ = ['DATA_CHOICES', 'EXPERIMENTS', 'ARCHS', 'chapter_data', 'chapter_learner', 'result_row', 'results_table',
            'plot_losses', 'plot_schedules', 'run_experiment', 'chapter_parser', 'main']
 
-# %% ../nbs/10_training_process.ipynb #50c82d24
+# %% ../nbs/10_training_process.ipynb #1a92ed35
 import argparse, math, os, random, sys, time
 from functools import partial
 from pathlib import Path
@@ -23,8 +23,9 @@ from .schedule import *
 from .training import *
 from .data import URLs, get_data, get_fashion_sample
 from .vision import cnn_learner, resnet18, resnet34, resnet50
+from .distributed import setup_distrib, teardown_distrib, rank0_first, rank_distrib
 
-# %% ../nbs/10_training_process.ipynb #5c7abb3c
+# %% ../nbs/10_training_process.ipynb #4aeeb7d2
 DATA_CHOICES = {'imagenette-160': URLs.IMAGENETTE_160, 'imagenette-320': URLs.IMAGENETTE_320, 'imagenette': URLs.IMAGENETTE,
                 'imagewoof-160': URLs.IMAGEWOOF_160, 'imagewoof-320': URLs.IMAGEWOOF_320, 'imagewoof': URLs.IMAGEWOOF}
 
@@ -37,21 +38,21 @@ def chapter_data(data='sample', size=None, presize=None, bs=None, per_class=None
     return get_data(DATA_CHOICES.get(data, data), presize, size, bs or 128, train_per_class=per_class,
                     num_workers=num_workers, dest=dest)
 
-# %% ../nbs/10_training_process.ipynb #e637347a
+# %% ../nbs/10_training_process.ipynb #27f321ee
 def chapter_learner(dls, arch=resnet34, fp16=None, **kwargs):
     "The chapter's `get_learner`: `cnn_learner(dls, arch, pretrained=False, metrics=accuracy, **kwargs)`, fp16 on a GPU."
     learn = cnn_learner(dls, arch, pretrained=False, metrics=accuracy, **kwargs)
     if fp16 is None: fp16 = torch.device(dls.device).type == 'cuda'
     return learn.to_fp16() if fp16 else learn
 
-# %% ../nbs/10_training_process.ipynb #e934718e
+# %% ../nbs/10_training_process.ipynb #fbb3133c
 def result_row(name, learn, seconds, epochs):
     "One row of the results table from a learner that has just been fitted."
     train_loss, valid_loss, acc = learn.recorder.final_record[:3]
     return dict(optimizer=name, epochs=epochs, train_loss=train_loss, valid_loss=valid_loss, accuracy=acc,
                 time=seconds, recorder=learn.recorder)
 
-# %% ../nbs/10_training_process.ipynb #f2eca27a
+# %% ../nbs/10_training_process.ipynb #fad74915
 def results_table(results):
     "A plain-text table: optimizer, epochs, final train/valid loss, accuracy and time of each result row."
     fmt = lambda v: 'n/a' if v is None or (isinstance(v, float) and not math.isfinite(v)) else f'{v:.4f}'
@@ -62,7 +63,7 @@ def results_table(results):
     line = lambda cells: '  '.join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     return '\n'.join([line(head), line(['-' * w for w in widths])] + [line(r) for r in rows])
 
-# %% ../nbs/10_training_process.ipynb #82a5f77e
+# %% ../nbs/10_training_process.ipynb #a43320ea
 def plot_losses(results, skip_start=5):
     "A `Figure` with the smoothed training loss of each result against the batch number."
     fig = Figure(figsize=(7, 4))
@@ -88,7 +89,7 @@ def plot_schedules(results):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/10_training_process.ipynb #030669d3
+# %% ../nbs/10_training_process.ipynb #1ffed7f8
 EXPERIMENTS = {
     'adam':     dict(name='Adam (default)', opt_func=Adam, fit='fit_one_cycle', lr=3e-3, kwargs={}),
     'sgd':      dict(name='SGD, moms=(0,0,0)', opt_func=SGD, fit='fit_one_cycle', lr=0.03, kwargs=dict(moms=(0, 0, 0))),
@@ -106,13 +107,14 @@ def run_experiment(dls, key, epochs=1, arch=resnet18, fp16=None, seed=42, quiet=
     exp = EXPERIMENTS[key]
     random.seed(seed); torch.manual_seed(seed)
     learn = chapter_learner(dls, arch, fp16, opt_func=exp['opt_func'])
-    t0 = time.time()
-    if quiet:
-        with learn.no_bar(), learn.no_logging(): getattr(learn, exp['fit'])(epochs, exp['lr'], **exp['kwargs'])
-    else: getattr(learn, exp['fit'])(epochs, exp['lr'], **exp['kwargs'])
+    fit, t0 = getattr(learn, exp['fit']), time.time()
+    with learn.distrib_ctx():                 # data-parallel under torchrun; a no-op for one process
+        if quiet:
+            with learn.no_bar(), learn.no_logging(): fit(epochs, exp['lr'], **exp['kwargs'])
+        else: fit(epochs, exp['lr'], **exp['kwargs'])
     return result_row(exp['name'], learn, time.time() - t0, epochs)
 
-# %% ../nbs/10_training_process.ipynb #29be3f9c
+# %% ../nbs/10_training_process.ipynb #65e8b2bd
 ARCHS = {'resnet18': resnet18, 'resnet34': resnet34, 'resnet50': resnet50}
 
 def chapter_parser():
@@ -150,7 +152,7 @@ def _check_args(p, a):
     if a.workers is not None and a.workers < 0: p.error(f"--workers must be >= 0, got {a.workers}")
     return keys
 
-# %% ../nbs/10_training_process.ipynb #38c93cbc
+# %% ../nbs/10_training_process.ipynb #5eddb3e3
 def main(argv=None):
     "Entry point of `learnerlab-chapter` / `python -m learnerlab`: run the experiments, print the table, save the plots."
     p = chapter_parser()
@@ -161,19 +163,28 @@ def main(argv=None):
     arch = ARCHS[a.arch or ('resnet18' if sample else 'resnet34')]
     epochs = a.epochs or (1 if sample else 3)
     fp16 = None if a.fp16 == 'auto' else a.fp16 == 'on'
-    try: dls = chapter_data(a.data, a.size, a.presize, a.bs, a.per_class, a.workers)
+    created = setup_distrib()                 # joins torchrun's process group, if started by torchrun
+    try: return _run_main(p, a, keys, arch, epochs, fp16, rank_distrib() == 0)
+    finally:
+        if created: teardown_distrib()
+
+def _run_main(p, a, keys, arch, epochs, fp16, is_main):
+    "The body of `main`: data, experiments, table and plots (printed and written by the main process only)."
+    say = print if is_main else (lambda *args, **kwargs: None)
+    try: dls = rank0_first(chapter_data, a.data, a.size, a.presize, a.bs, a.per_class, a.workers)
     except (OSError, ValueError) as e: p.error(f"--data {a.data}: {e}")
-    print(f"data: {a.data} ({len(dls.train.dataset)} training / {len(dls.valid.dataset)} validation images, {dls.c} classes), "
-          f"arch: {arch.__name__}, epochs: {epochs}, device: {dls.device}")
+    say(f"data: {a.data} ({len(dls.train.dataset)} training / {len(dls.valid.dataset)} validation images, {dls.c} classes), "
+        f"arch: {arch.__name__}, epochs: {epochs}, device: {dls.device}")
     results = []
     for k in keys:
-        if not a.quiet: print(f"\n== {EXPERIMENTS[k]['name']}")
+        if not a.quiet: say(f"\n== {EXPERIMENTS[k]['name']}")
         results.append(run_experiment(dls, k, epochs, arch, fp16, a.seed, a.quiet))
+    if not is_main: return 0
     table = results_table(results)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     (out/'results.txt').write_text(table + '\n')
     plot_losses(results).savefig(out/'losses.png', dpi=100)
     plot_schedules(results).savefig(out/'schedules.png', dpi=100)
-    print('\n' + table)
-    print(f"\nsaved {out/'results.txt'}, {out/'losses.png'}, {out/'schedules.png'}")
+    say('\n' + table)
+    say(f"\nsaved {out/'results.txt'}, {out/'losses.png'}, {out/'schedules.png'}")
     return 0

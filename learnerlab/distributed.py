@@ -9,8 +9,8 @@ __all__ = ['num_distrib', 'rank_distrib', 'local_rank_distrib', 'default_backend
            'rank0_first', 'shard_dl', 'merge_shards', 'gather_batch', 'free_port', 'torchrun_cmd', 'run_torchrun',
            'DistributedTrainer']
 
-# %% ../nbs/09_distributed.ipynb #22d60371
-import os, sys, socket, signal, subprocess, tempfile, shutil, datetime, warnings
+# %% ../nbs/09_distributed.ipynb #1a72b4ff
+import os, sys, gc, socket, signal, subprocess, tempfile, shutil, datetime, warnings
 from contextlib import contextmanager
 from pathlib import Path
 import torch
@@ -23,7 +23,7 @@ from fastcore.basics import patch
 from .callback import Callback
 from .learner import Learner, find_bs
 
-# %% ../nbs/09_distributed.ipynb #af327b4d
+# %% ../nbs/09_distributed.ipynb #1bed04f5
 def num_distrib():
     "How many processes train together: the process group's size, else `WORLD_SIZE` (set by torchrun), else 1."
     if dist.is_available() and dist.is_initialized(): return dist.get_world_size()
@@ -38,7 +38,7 @@ def local_rank_distrib():
     "This process's rank on its own machine (`LOCAL_RANK`, else 0): the index of the GPU it uses."
     return int(os.environ.get('LOCAL_RANK', 0))
 
-# %% ../nbs/09_distributed.ipynb #5465c8cd
+# %% ../nbs/09_distributed.ipynb #68e83db1
 def default_backend():
     "'nccl' when CUDA GPUs and NCCL are available, else 'gloo' (CPU)."
     return 'nccl' if torch.cuda.is_available() and dist.is_nccl_available() else 'gloo'
@@ -56,10 +56,12 @@ def setup_distrib(backend=None, timeout=1800):
     return True
 
 def teardown_distrib():
-    "Leave the process group, if there is one."
-    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
+    "Leave the process group, if there is one (after freeing unreachable DDP objects that still use it)."
+    if not (dist.is_available() and dist.is_initialized()): return
+    gc.collect()
+    dist.destroy_process_group()
 
-# %% ../nbs/09_distributed.ipynb #ef58dd19
+# %% ../nbs/09_distributed.ipynb #33faf3f2
 def rank0_first(func, *args, **kwargs):
     "Call `func(*args, **kwargs)` on rank 0, then (once it is done) on the other ranks; return its result."
     if num_distrib() <= 1 or not dist.is_initialized(): return func(*args, **kwargs)
@@ -68,7 +70,7 @@ def rank0_first(func, *args, **kwargs):
     if rank_distrib() != 0: res = func(*args, **kwargs)
     return res
 
-# %% ../nbs/09_distributed.ipynb #1bf17e2b
+# %% ../nbs/09_distributed.ipynb #ed87be55
 def shard_dl(dl, rank=None, world=None, seed=0):
     "Copy of DataLoader `dl` that yields only rank `rank`'s share of each epoch, via a `DistributedSampler`."
     if not isinstance(dl, DataLoader):
@@ -90,7 +92,7 @@ def shard_dl(dl, rank=None, world=None, seed=0):
                       persistent_workers=dl.persistent_workers,
                       prefetch_factor=dl.prefetch_factor if dl.num_workers else None)
 
-# %% ../nbs/09_distributed.ipynb #8192c12c
+# %% ../nbs/09_distributed.ipynb #9a6b55f9
 def merge_shards(parts, n_items=None):
     "One batch in dataset order from the rank-ordered list `parts` of interleaved shares; keep `n_items` items."
     merged = torch.stack(list(parts), dim=1).flatten(0, 1)
@@ -103,7 +105,7 @@ def gather_batch(t, n_items=None):
     dist.all_gather(parts, t.contiguous())
     return merge_shards(parts, n_items)
 
-# %% ../nbs/09_distributed.ipynb #e347d6f2
+# %% ../nbs/09_distributed.ipynb #a7cb207a
 def free_port(host='127.0.0.1'):
     "A TCP port on `host` that nothing listens on right now (the operating system picks it)."
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -117,7 +119,7 @@ def torchrun_cmd(script, *args, nproc=2, port=None):
     return [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={int(nproc)}',
             '--master-addr=127.0.0.1', f'--master-port={port}', str(script), *[str(a) for a in args]]
 
-# %% ../nbs/09_distributed.ipynb #6e35a2e5
+# %% ../nbs/09_distributed.ipynb #1f39c276
 def _child_pids(pid):
     "Process ids of the direct children of `pid` (Linux /proc; empty where unavailable)."
     try: return [int(c) for c in Path(f'/proc/{pid}/task/{pid}/children').read_text().split()]
@@ -149,7 +151,7 @@ def run_torchrun(script, *args, nproc=2, timeout=300, check=True, env=None, cwd=
         raise RuntimeError(f"torchrun job {script} failed with exit code {res.returncode}; its output:\n{out}\n{err}")
     return res
 
-# %% ../nbs/09_distributed.ipynb #1d7b9083
+# %% ../nbs/09_distributed.ipynb #26361cf9
 def _is_sharded(dl):
     "Does `dl` draw its items through a `DistributedSampler`?"
     return isinstance(getattr(dl, 'sampler', None), DistributedSampler)
@@ -159,7 +161,7 @@ def _shard_if_possible(dl, seed):
     if num_distrib() <= 1 or not isinstance(dl, DataLoader) or _is_sharded(dl): return dl
     return shard_dl(dl, seed=seed)
 
-# %% ../nbs/09_distributed.ipynb #cf5e8e2a
+# %% ../nbs/09_distributed.ipynb #9e9a4d15
 class DistributedTrainer(Callback):
     "Data-parallel training: DDP model, sharded DataLoaders, global losses and metrics (see `Learner.distrib_ctx`)."
     run_after, run_before = ('GradientAccumulation',), ('TerminateOnNaNCallback', 'Recorder')
@@ -242,10 +244,12 @@ class DistributedTrainer(Callback):
     def after_fit(self):
         self._end_no_sync()
         learn = self.learn
-        if isinstance(learn.model, DDP): learn.model = learn.model.module
+        if isinstance(learn.model, DDP):
+            learn.model = learn.model.module
+            gc.collect()          # free the wrapper (it sits in reference cycles) while the process group is alive
         if self._dls is not None: learn.dls, self._dls = self._dls, None
 
-# %% ../nbs/09_distributed.ipynb #fa38c748
+# %% ../nbs/09_distributed.ipynb #68d735f7
 def _plain_model_call(learn, method):
     "Wrap `method` so it runs with `learn.model` unwrapped from DDP (checkpoints hold the plain model)."
     def call(*args, **kwargs):
@@ -264,7 +268,7 @@ def _load_falling_back(learn, load, shared_path):
         finally: learn.path = private
     return call
 
-# %% ../nbs/09_distributed.ipynb #8a9ef2b6
+# %% ../nbs/09_distributed.ipynb #ac672422
 @patch
 @contextmanager
 def distrib_ctx(self:Learner, backend=None, timeout=1800, seed=0, **ddp_kwargs):

@@ -2,7 +2,7 @@
 
     apt-get update && apt-get install -y dataset-fashion-mnist
     python scripts/make_sample.py                 # writes learnerlab/samples/fashion_mnist_sample.tgz (+ .sha256)
-    python scripts/make_sample.py --check         # rebuild in memory and compare with the shipped archive
+    python scripts/make_sample.py --check         # rebuild in memory; same files and pixels as the shipped archive?
 
 The archive is an image-folder tree, the same layout as Imagenette, so the same `get_data` reads both:
 
@@ -106,6 +106,20 @@ def build_archive(src=SRC):
                     _add(tar, f'{NAME}/{split}/{CLASSES[labels[i]]}/{i:05d}.png', png_bytes(imgs[i]))
     return raw.getvalue()
 
+def _contents(archive_bytes):
+    "Member name -> content of a sample archive; images decoded to pixel bytes (encoder versions may differ)."
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(archive_bytes), mode='r:gz') as tar:
+        for m in tar:
+            if not m.isfile(): out[m.name] = None; continue
+            data = tar.extractfile(m).read()
+            out[m.name] = Image.open(io.BytesIO(data)).tobytes() if m.name.endswith('.png') else data
+    return out
+
+def same_content(a, b):
+    "Whether two sample archives hold the same files and the same pixels."
+    return _contents(a) == _contents(b)
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--src', type=Path, default=SRC, help='folder with the Fashion-MNIST idx files (default: %(default)s)')
@@ -118,9 +132,12 @@ def main(argv=None):
     digest = hashlib.sha256(data).hexdigest()
     archive = args.out/f'{NAME}.tgz'
     if args.check:
-        shipped = hashlib.sha256(archive.read_bytes()).hexdigest()
-        print(f'rebuilt {digest}\nshipped {shipped}')
-        sys.exit(0 if digest == shipped else 1)
+        shipped = archive.read_bytes()
+        print(f'rebuilt {digest}\nshipped {hashlib.sha256(shipped).hexdigest()}')
+        same = same_content(data, shipped)
+        print('same bytes' if hashlib.sha256(shipped).hexdigest() == digest else
+              'same images and files, different PNG/gzip encoding' if same else 'DIFFERENT content')
+        sys.exit(0 if same else 1)
     args.out.mkdir(parents=True, exist_ok=True)
     archive.write_bytes(data)
     (args.out/f'{NAME}.tgz.sha256').write_text(f'{digest}  {NAME}.tgz\n')

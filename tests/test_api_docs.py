@@ -7,6 +7,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT/'nbs'
 APPLICATION_MODULES = ('all', '__main__')   # re-exports and the command line, not library API
+NOT_REEXPORTED = ('chapter',)               # the main job's experiment runner: documented, but not in `learnerlab.all`
 
 def exported_modules():
     "(module name, notebook) for each notebook with a `default_exp`, except the re-exporting `all`."
@@ -36,5 +37,6 @@ def test_exported_symbols_are_documented(modname, nb):
 def test_every_chapter_is_reachable_from_all():
     import learnerlab.all as everything
     for modname, _ in exported_modules():
+        if modname in NOT_REEXPORTED: continue
         mod = importlib.import_module(f'learnerlab.{modname}')
         assert set(mod.__all__) <= set(everything.__all__), f'learnerlab.all misses names of learnerlab.{modname}'
