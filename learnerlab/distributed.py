@@ -175,8 +175,12 @@ class DistributedTrainer(Callback):
         if not dist.is_initialized():
             raise RuntimeError("DistributedTrainer runs in a process group: train inside `with learn.distrib_ctx():` "
                                "or call setup_distrib() first")
-        self._dls, dls = learn.dls, copy.copy(learn.dls)
+        dls = copy.copy(learn.dls)
         dls.train = _shard_if_possible(dls.train, self.seed)
+        if len(dls.train) == 0:
+            raise ValueError(f"each of the {num_distrib()} ranks gets {len(dls.train.sampler)} training items, fewer than "
+                             f"bs={dls.train.batch_size} with drop_last=True, so it has no batch: lower bs or use drop_last=False")
+        self._dls = learn.dls
         if not _is_sharded(dls.train):
             warnings.warn("dls.train is not a torch DataLoader over a map-style dataset, so it cannot be sharded: "
                           "every rank trains on all of it (correct, but no faster than one process)")

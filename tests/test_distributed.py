@@ -101,6 +101,13 @@ def test_only_rank0_writes_and_prints(run):
     fct.test_eq(res['after_error'], 'unwrapped')
 
 
+def test_empty_shard_is_a_clear_error(run):
+    "6 items, 3 per rank, bs=4 with drop_last=True: no rank has a batch; the error says why and what to change."
+    _, res, _ = run
+    msg = res.get('empty_shard_error', '')
+    for part in ('2 ranks gets 3 training items', 'bs=4', 'drop_last'): assert part in msg, msg
+
+
 def test_checkpoint_from_ddp_fit_loads_in_one_process(run):
     "SaveModelCallback saved while the model was wrapped in DDP: the checkpoint holds the plain model."
     _, res, out = run

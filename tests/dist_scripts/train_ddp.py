@@ -145,6 +145,15 @@ def train(out):
     assert type(learn.model) is nn.Sequential and learn.dls is dls and 'distributed_trainer' not in learn.__dict__
     res['after_error'] = 'unwrapped'
 
+    # 6. a shard too small for one batch: a clear error before anything is wrapped or replaced
+    learn = make_learner(4, out)
+    dls = learn.dls
+    learn.dls.train = DataLoader(TensorDataset(torch.randn(6, 5), torch.zeros(6).long()), batch_size=4, drop_last=True)
+    try:
+        with learn.distrib_ctx(), learn.no_bar(): learn.fit(1)
+    except ValueError as e: res['empty_shard_error'] = str(e)
+    assert type(learn.model) is nn.Sequential and learn.dls is dls
+
     if rank == 0: torch.save(res, Path(out)/'results.pt')
     print(f"rank {rank} done", flush=True)
     teardown_distrib()
