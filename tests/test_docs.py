@@ -27,9 +27,13 @@ class _Recorder(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture(scope='module')
 def site():
     "Build the site (from executed notebooks when the test script left them) and serve it on 127.0.0.1."
-    sys.path.insert(0, str(ROOT/'scripts'))
-    import docs
-    docs_dir = docs.build_site(ROOT/'nbs_executed' if executed_copies_current() else None)
+    # a separate process, as a contributor runs it: building the pages executes the notebooks' definitions,
+    # which must not replace the classes and patched methods the other tests in this process use
+    cmd = [sys.executable, str(ROOT/'scripts'/'docs.py'), 'site']
+    if executed_copies_current(): cmd += ['--executed', str(ROOT/'nbs_executed')]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, f"docs build failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    docs_dir = ROOT/'_docs'
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(_Recorder, directory=str(docs_dir)))
     server.requests = []
     threading.Thread(target=server.serve_forever, daemon=True).start()
