@@ -5,7 +5,9 @@
 
 Cases: adam, adamw, sgd_mom (learnerlab's fused path vs torch fused); rmsprop and radam (learnerlab's
 multi-tensor path vs torch foreach; torch has no fused RMSprop or RAdam); user_mom (the chapter's own
-momentum callbacks as a user types them: the per-parameter loop, shown for its cost against torch SGD).
+momentum callbacks as a user types them: the per-parameter loop, shown for its cost against torch SGD);
+user_comp (the same callbacks with `Optimizer(..., compile=True)`: the loop compiled by torch.compile).
+The 'warm-up s' column is learnerlab's first two steps (state creation; for user_comp, compilation).
 
 Parameter sets: (a) the shapes of torchvision's resnet34 (no weights: only the shapes matter),
 (b) 2,000 tensors of 1,000 values. Every variant of a case gets its own copy of the same starting
@@ -78,6 +80,9 @@ CASES = {
     # a user's own callbacks (the chapter's): no multi-tensor form, so the per-parameter loop
     'user_mom': (partial(Optimizer, cbs=[chapter_average_grad, chapter_momentum_step], lr=1e-2, mom=0.9),
                  torch.optim.SGD, dict(lr=1e-2, momentum=0.9), True),
+    # the same callbacks, compiled by torch.compile (compile=True)
+    'user_comp': (partial(Optimizer, cbs=[chapter_average_grad, chapter_momentum_step], lr=1e-2, mom=0.9, compile=True),
+                  torch.optim.SGD, dict(lr=1e-2, momentum=0.9), True),
 }
 
 
@@ -89,18 +94,19 @@ def bench_case(name, shapes, reps):
                 'torch foreach': torch_cls(clone_params(base), foreach=True, **torch_kw)}
     if has_fused: variants['torch fused'] = torch_cls(clone_params(base), fused=True, **torch_kw)
     del base
-    times = {k: [] for k in variants}
+    times, warm = {k: [] for k in variants}, 0.
     names = list(variants)
     for r in range(reps + 2):
         for k in names[r % len(names):] + names[:r % len(names)]:   # rotate who goes first: no position bias
             opt = variants[k]
             t0 = time.perf_counter(); opt.step(); t1 = time.perf_counter()
             if r >= 2: times[k].append((t1 - t0) * 1000)   # the first two rounds warm up (allocate state)
+            elif k == 'learnerlab': warm += t1 - t0
     ref = 'torch fused' if has_fused else 'torch foreach'
     ll_ps, ref_ps = variants['learnerlab'].param_lists[0], variants[ref].param_groups[0]['params']
     rel = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item() for a, b in zip(ll_ps, ref_ps))
     ratios = {k: statistics.median(a / b for a, b in zip(times['learnerlab'], v)) for k, v in times.items()}
-    return {k: statistics.median(v) for k, v in times.items()}, ratios, rel
+    return {k: statistics.median(v) for k, v in times.items()}, ratios, rel, warm
 
 
 def main():
@@ -115,15 +121,15 @@ def main():
     sets = {'resnet34': resnet34_shapes, '2000x1000': lambda: [(1000,)] * 2000}
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cpus, "
           f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    header = f"{'params':<10} {'case':<8} {'learnerlab':>10} {'foreach':>9} {'fused':>9} {'ll/foreach':>10} {'ll/fused':>9} {'max rel diff':>13}"
+    header = f"{'params':<10} {'case':<9} {'learnerlab':>10} {'foreach':>9} {'fused':>9} {'ll/foreach':>10} {'ll/fused':>9} {'max rel diff':>13} {'warm-up s':>10}"
     print(header); print('-' * len(header))
     for set_name in args.sets.split(','):
         shapes = sets[set_name]()
         for case in args.cases.split(','):
-            t, ratio, rel = bench_case(case, shapes, args.reps)
+            t, ratio, rel, warm = bench_case(case, shapes, args.reps)
             ll, fe, fu = t['learnerlab'], t['torch foreach'], t.get('torch fused')
             fu_s, r_fu = (f"{fu:9.2f}", f"{ratio['torch fused']:9.2f}") if fu else (f"{'-':>9}", f"{'-':>9}")
-            print(f"{set_name:<10} {case:<8} {ll:10.2f} {fe:9.2f} {fu_s} {ratio['torch foreach']:10.2f} {r_fu} {rel:13.1e}")
+            print(f"{set_name:<10} {case:<9} {ll:10.2f} {fe:9.2f} {fu_s} {ratio['torch foreach']:10.2f} {r_fu} {rel:13.1e} {warm:10.2f}")
     print("ms/step: medians over rounds; ratios: medians of the per-round ratios (paired, so robust to load drift); "
           "load average after: " + ' '.join(f'{x:.2f}' for x in os.getloadavg()))
 

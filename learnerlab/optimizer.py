@@ -86,7 +86,7 @@ def _cb_names(cbs):
 # %% ../nbs/01_optimizer.ipynb #07bab50b
 class Optimizer:
     "An optimizer that runs the callbacks `cbs` on each parameter, with hyper-parameters per group."
-    def __init__(self, params, cbs, train_bn=True, **defaults):
+    def __init__(self, params, cbs, train_bn=True, compile=False, **defaults):
         self.param_lists, overrides = _param_groups(params)
         self.hypers = [{**defaults, **o} for o in overrides]
         for h in self.hypers:
@@ -94,7 +94,7 @@ class Optimizer:
         cbs = [cbs] if callable(cbs) else list(cbs)
         for cb in cbs:
             if not callable(cb): raise TypeError(f"cbs: {cb!r} is not callable; pass functions like sgd_step or average_grad")
-        self.cbs, self.train_bn, self.state = cbs, train_bn, {}
+        self.cbs, self.train_bn, self.state, self.compile = cbs, train_bn, {}, compile
         self._init_fast()
 
     def all_params(self, n=slice(None), with_grad=False):
@@ -112,7 +112,7 @@ class Optimizer:
 
     def step(self):
         "Run the callbacks on every trainable parameter that has a gradient."
-        if self._fast_step(): return
+        if self._fast_step() or self._compiled_step(): return
         for p, pg, state, hyper in self.all_params(with_grad=True):
             if not p.requires_grad: continue
             for cb in self.cbs: state = _update(state, cb(p, **{**state, **hyper}), cb)
@@ -123,6 +123,8 @@ class Optimizer:
 def _init_fast(self: Optimizer): pass
 @patch
 def _fast_step(self: Optimizer): return False
+@patch
+def _compiled_step(self: Optimizer): return False
 
 class PerParameterWarning(UserWarning):
     "Warned once when an optimizer's callback chain has to run on the (slow) per-parameter path."
@@ -809,10 +811,10 @@ def _fast_step(self: Optimizer):
     "Run `step` on the fused or multi-tensor path if the chain allows it; return whether it did."
     plan = self._get_plan()
     if plan is None:
-        if not self._warned:
+        if not self._warned and not self.compile:
             slow = [_cb_name(cb) for cb in self.cbs if _cb_key(cb) is None]
             warnings.warn(f"optimizer callbacks {slow} have no multi-tensor form, so step() runs the per-parameter "
-                          "loop; register_multi_tensor() adds one", PerParameterWarning)
+                          "loop; register_multi_tensor() adds one, or Optimizer(..., compile=True) compiles the chain", PerParameterWarning)
             self._warned = True
         return False
     work = []
@@ -833,4 +835,79 @@ def _fast_step(self: Optimizer):
                 before = {n: list(v) for n, v in st.items()}
                 for form in plan['forms']: form(sub, subgrads, st, hyper)
             self._scatter(sub, st, before)
+    return True
+
+# %% ../nbs/01_optimizer.ipynb #a76e5cea
+_COMPILE_CHUNK = 128
+
+def _keep_state(state, new, cb):
+    "Update `state` from callback `cb`'s result `new`, writing a new tensor into the existing one when it fits."
+    if new is None: return
+    if not isinstance(new, dict): _update(state, new, cb)   # raises the loop's error
+    for k, v in new.items():
+        old = state.get(k)
+        if (isinstance(old, torch.Tensor) and isinstance(v, torch.Tensor) and old is not v
+                and old.shape == v.shape and old.dtype == v.dtype and old.device == v.device): old.copy_(v)
+        else: state[k] = v
+
+def _run_chain(cbs, ps, states, hyper):
+    "The chapter's per-parameter loop over the parameters `ps` and their state dicts: what `torch.compile` traces."
+    for p, state in zip(ps, states):
+        for cb in cbs: _keep_state(state, cb(p, **{**state, **hyper}), cb)
+
+def _tensor_hypers(hyper, device):
+    "`hyper` with its float values as 0-d float32 tensors on `device`, so that changing them does not recompile."
+    return {k: torch.tensor(v, dtype=torch.float32, device=device) if isinstance(v, float) else v for k, v in hyper.items()}
+
+def _twin(p):
+    "A detached copy of parameter `p` with a copy of its gradient (same type, so the same compiled code applies)."
+    t = p.detach().clone()
+    t = torch.nn.Parameter(t, requires_grad=p.requires_grad) if isinstance(p, torch.nn.Parameter) else t.requires_grad_(p.requires_grad)
+    t.grad = p.grad.detach().clone()
+    return t
+
+def _copy_state(state):
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+# %% ../nbs/01_optimizer.ipynb #22860812
+@patch
+def _compile_work(self: Optimizer):
+    "(chunk of parameters, hypers) pairs to step, or None while some parameter has no state yet."
+    work, size = [], getattr(self, 'compile_chunk', _COMPILE_CHUNK)
+    for pg, hyper in zip(self.param_lists, self.hypers):
+        ps = [p for p in pg if p.grad is not None and p.requires_grad]
+        if any(p not in self.state for p in ps): return None
+        work += [(ps[i:i + size], hyper) for i in range(0, len(ps), size)]
+    return work
+
+@patch
+def _check_compiles(self: Optimizer, chunk, hyper):
+    "Run the compiled chain once on copies of `chunk`'s tensors; on failure warn once and give up compiling."
+    try:
+        self._compiled(self.cbs, [_twin(p) for p in chunk], [_copy_state(self.state[p]) for p in chunk],
+                       _tensor_hypers(hyper, chunk[0].device))
+        return True
+    except Exception as e:
+        self.compile_error = e
+        warnings.warn(f"torch.compile could not compile the optimizer's callbacks ({type(e).__name__}: "
+                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); step() runs the per-parameter loop",
+                      PerParameterWarning)
+        return False
+
+@patch
+@torch.no_grad()
+def _compiled_step(self: Optimizer):
+    "With `compile=True`: run the per-parameter loop compiled by `torch.compile`, in chunks; return whether it did."
+    if not self.compile or getattr(self, 'compile_error', None) is not None: return False
+    work = self._compile_work()
+    if not work: return False
+    if getattr(self, '_compiled', None) is None:
+        self._compiled, self._compile_checked, self.compile_error = torch.compile(_run_chain), set(), None
+    for chunk, hyper in work:                      # check every chunk before the first real update
+        key = tuple(map(id, chunk))
+        if key in self._compile_checked: continue
+        if not self._check_compiles(chunk, hyper): return False
+        self._compile_checked.add(key)
+    for chunk, hyper in work:
+        self._compiled(self.cbs, chunk, [self.state[p] for p in chunk], _tensor_hypers(hyper, chunk[0].device))
     return True

@@ -348,3 +348,86 @@ def test_chapter_chain_trains_on_fast_path():
             w.grad = 2 * w.detach()   # gradient of sum(w**2)
             opt.step()
     assert (w.detach().abs() < 1).all()
+
+
+# --- compile=True: the per-parameter loop compiled by torch.compile -------------------------------------
+
+HAS_CXX = bool(__import__('shutil').which('c++') or __import__('shutil').which('g++'))
+
+
+def _chapter_average_grad(p, mom, grad_avg=None, **kwargs):
+    "The chapter's momentum statistic as typed in the book: a new tensor every step."
+    if grad_avg is None: grad_avg = torch.zeros_like(p.grad.data)
+    return {'grad_avg': grad_avg*mom + p.grad.data}
+
+
+def _chapter_momentum_step(p, lr, grad_avg, **kwargs): p.data.add_(grad_avg, alpha=-lr)
+
+
+@pytest.mark.skipif(not HAS_CXX, reason='torch.compile on CPU needs a C++ compiler')
+@pytest.mark.parametrize('name', ['adamw', 'adam_l2', 'sgd_mom'])
+def test_compiled_chain_matches_torch(name):
+    "Built-in chains with their callbacks hidden from the registry and compile=True: torch.optim's numbers."
+    ll_func, torch_cls, t_kw = {
+        'adamw': (partial(Adam, lr=1e-2, wd=0.1), torch.optim.AdamW, dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.1)),
+        'adam_l2': (partial(Adam, lr=1e-2, wd=0.1, decouple_wd=False), torch.optim.Adam,
+                    dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.1)),
+        'sgd_mom': (partial(SGD, lr=0.05, mom=0.9, wd=0.01, decouple_wd=False), torch.optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=0.01))}[name]
+    def compiled(groups):
+        opt = ll_func(groups); opt.cbs = [_hide(cb) for cb in opt.cbs]; opt.compile = True
+        return opt
+    shapes = [[(5, 3), (3,)], [(4,)]]
+    ll_ps, t_ps = _run_both(compiled, [{}, {'lr': 3e-3}], partial(torch_cls, **t_kw), [{}, {'lr': 3e-3}], shapes, 'compiled',
+                            n_steps=30)
+    _assert_same(ll_ps, t_ps)
+
+
+@pytest.mark.skipif(not HAS_CXX, reason='torch.compile on CPU needs a C++ compiler')
+def test_compiled_user_chain_matches_loop_without_recompiling():
+    "The chapter's own momentum callbacks: compiled == loop, and a moving lr and mom do not recompile."
+    from torch._dynamo.utils import counters
+    results = {}
+    for compile in (False, True):
+        torch.manual_seed(0)
+        ps = [torch.randn(6, 4, requires_grad=True), torch.randn(4, requires_grad=True)]
+        opt = Optimizer([ps[:1], ps[1:]], cbs=[_chapter_average_grad, _chapter_momentum_step], lr=0.1, mom=0.9,
+                        compile=compile)
+        g = torch.Generator().manual_seed(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter('error', PerParameterWarning)   # compile=True: no warning; the loop path here warns
+            if not compile: warnings.simplefilter('ignore', PerParameterWarning)
+            for i in range(12):
+                for p in ps: p.grad = torch.randn(p.shape, generator=g)
+                opt.set_hypers(lr=0.1 / (i + 1), mom=0.9 - 0.02 * i)
+                opt.step()
+                if i == 2: graphs = counters['stats']['unique_graphs']
+        results[compile] = [p.detach().clone() for p in ps]
+        if compile:
+            assert opt.compile_error is None
+            fct.test_eq(counters['stats']['unique_graphs'], graphs)      # steps 4-12 reused the compiled code
+    for a, b in zip(results[False], results[True]): torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_compile_failure_falls_back_once_and_loses_no_step(monkeypatch):
+    "If torch.compile cannot compile the chain, one warning, then the loop: the same numbers, no step lost or doubled."
+    def broken_compile(fn, **kwargs):
+        def run(*args, **kw): raise RuntimeError('no C++ compiler found')
+        return run
+    monkeypatch.setattr(torch, 'compile', broken_compile)
+    runs = {}
+    for compile in (False, True):
+        torch.manual_seed(0)
+        ps = [torch.randn(5, requires_grad=True), torch.randn(3, requires_grad=True)]
+        opt = Optimizer(ps, cbs=[_chapter_average_grad, _chapter_momentum_step], lr=0.1, mom=0.9, compile=compile)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            for i in range(4):
+                for p in ps: p.grad = torch.full_like(p, float(i + 1))
+                opt.step()
+        runs[compile] = ([p.detach().clone() for p in ps], opt, caught)
+    (loop_ps, _, _), (comp_ps, opt, caught) = runs[False], runs[True]
+    for a, b in zip(loop_ps, comp_ps): fct.test_eq(a, b)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, PerParameterWarning)]
+    fct.test_eq(len(msgs), 1)
+    assert 'could not compile' in msgs[0] and 'no C++ compiler found' in msgs[0], msgs
+    assert isinstance(opt.compile_error, RuntimeError)
