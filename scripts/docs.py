@@ -73,12 +73,24 @@ def prepare_notebooks(stage):
         for c in nb['cells']: c.pop('id', None)
         nb_path.write_text(json.dumps(nb))
 
+def skip_shown_patched_methods():
+    """nbdev adds a `show_doc` cell after each exported definition that has none, but compares a patched
+    method's bare name (`set_hyper`) with the shown names (`Optimizer.set_hyper`), so every `@patch`
+    method documented by hand would appear twice. Drop the names that already have a `show_doc` cell."""
+    import nbdev.processors as procs
+    if getattr(procs._def_names, 'skips_shown', False): return
+    original = procs._def_names
+    def def_names(cell, shown): return [n for n in original(cell, shown) if n not in shown]
+    def_names.skips_shown = True
+    procs._def_names = def_names
+
 def process_notebooks(stage):
     "Run nbdev's doc processors (show_doc, directives, sidebar) over the staged notebooks."
     from nbdev.quarto import nbdev_sidebar
     from nbdev.serve import proc_nbs
     from nbdev.doclinks import _build_modidx
     _build_modidx()
+    skip_shown_patched_methods()
     prepare_notebooks(stage)
     nbdev_sidebar.__wrapped__(path=stage, force=True)
     return proc_nbs(str(stage), force=True, n_workers=0)

@@ -89,5 +89,8 @@ def test_api_page_renders(site, tmp_path):
     assert pages, f'no optimizer page in the site: {sorted(p.name for p in docs_dir.glob("*.html"))}'
     dom = assert_page_renders(f'{base}/{pages[0].name}', server, docs_dir, tmp_path, ['Optimizer', 'set_hyper'])
     assert re.search(r'<h[2-4][^>]*>\s*(<[^>]+>\s*)*Optimizer', dom), 'no API heading for Optimizer'
+    api_headings = re.findall(r'<h3[^>]*>\s*(Optimizer\.\w+)', dom)
+    assert 'Optimizer.set_hyper' in api_headings
+    assert len(api_headings) == len(set(api_headings)), f'API entries shown twice: {sorted(api_headings)}'
     n_images = assert_images_load(dom, server, docs_dir)
     if executed_copies_current(): assert n_images > 0, 'executed notebooks but no plot on the optimizer page'
