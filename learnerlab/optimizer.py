@@ -872,11 +872,13 @@ def _copy_state(state):
 # %% ../nbs/01_optimizer.ipynb #22860812
 @patch
 def _compile_work(self: Optimizer):
-    "(chunk of parameters, hypers) pairs to step, or None while some parameter has no state yet."
+    "(chunk of parameters, tensor hypers) pairs to step, or None while some parameter has no state yet."
     work, size = [], getattr(self, 'compile_chunk', _COMPILE_CHUNK)
     for pg, hyper in zip(self.param_lists, self.hypers):
         ps = [p for p in pg if p.grad is not None and p.requires_grad]
         if any(p not in self.state for p in ps): return None
+        if not ps: continue
+        hyper = _tensor_hypers(hyper, ps[0].device)     # once per group, shared by its chunks
         work += [(ps[i:i + size], hyper) for i in range(0, len(ps), size)]
     return work
 
@@ -884,8 +886,7 @@ def _compile_work(self: Optimizer):
 def _check_compiles(self: Optimizer, chunk, hyper):
     "Run the compiled chain once on copies of `chunk`'s tensors; on failure warn once and give up compiling."
     try:
-        self._compiled(self.cbs, [_twin(p) for p in chunk], [_copy_state(self.state[p]) for p in chunk],
-                       _tensor_hypers(hyper, chunk[0].device))
+        self._compiled(self.cbs, [_twin(p) for p in chunk], [_copy_state(self.state[p]) for p in chunk], hyper)
         return True
     except Exception as e:
         self.compile_error = e
@@ -909,5 +910,5 @@ def _compiled_step(self: Optimizer):
         if not self._check_compiles(chunk, hyper): return False
         self._compile_checked.add(key)
     for chunk, hyper in work:
-        self._compiled(self.cbs, chunk, [self.state[p] for p in chunk], _tensor_hypers(hyper, chunk[0].device))
+        self._compiled(self.cbs, chunk, [self.state[p] for p in chunk], hyper)
     return True
