@@ -11,18 +11,19 @@ __all__ = []
 from functools import partial
 import torch
 from torch import nn
-from . import optimizer, widgets, callback, learner, schedule, training, data, vision, distributed
+from . import optimizer, widgets, callback, learner, schedule, training, speed, data, vision, distributed
 from .optimizer import *
 from .widgets import *
 from .callback import *
 from .learner import *
 from .schedule import *
 from .training import *
+from .speed import *
 from .data import *
 from .vision import *
 from .distributed import *
 
 # %% ../nbs/11_all.ipynb #12b14feb
 __all__ = ['partial', 'torch', 'nn', *optimizer.__all__, *widgets.__all__, *callback.__all__, *learner.__all__,
-           *schedule.__all__, *training.__all__, *data.__all__, *vision.__all__,
+           *schedule.__all__, *training.__all__, *speed.__all__, *data.__all__, *vision.__all__,
            *distributed.__all__]
