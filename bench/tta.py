@@ -2,6 +2,7 @@
 
     python bench/tta.py                              # resnet18, 64 px, 200/50 images per class, 2 epochs, 2 rounds
     python bench/tta.py --per-class 50 --valid-per-class 20 --epochs 1 --rounds 1   # a quick look
+    python bench/tta.py --cases plain,learnerlab,all  # the plain loop, learnerlab, learnerlab with every speed switch
     python bench/tta.py --data ~/imagenette2-224sq   # an extracted folder instead of the shared archive
 
 Both sides train a torchvision resnet18 from scratch on the same files (the first N images of each class
@@ -9,7 +10,9 @@ of Imagenette, from `../shared/data/imagenette2-224sq.tgz`), with the same trans
 `train_transforms`/`valid_transforms`), the same seeds, the same batch size, threads and DataLoader workers,
 and the same recipe: Adam (betas 0.9/0.99, eps 1e-5, decoupled weight decay 0.01) with a one-cycle schedule
 (25% cosine warm-up from lr/25, cosine down to lr/1e5, beta1 0.95 -> 0.85 -> 0.95). The plain loop uses
-`torch.optim.AdamW` and `torch.optim.lr_scheduler.OneCycleLR` set to that recipe.
+`torch.optim.AdamW` and `torch.optim.lr_scheduler.OneCycleLR` set to that recipe. Besides plain learnerlab,
+each learnerlab case turns on one speed switch (`learnerlab.speed`'s `ChannelsLast`, `CompileModel`, `CPUThreads`,
+or `Learner.to_bf16()`), and `all` turns on every one.
 
 Every run is its own child process with glibc's allocator pinned (`MALLOC_MMAP_THRESHOLD_`,
 `MALLOC_TRIM_THRESHOLD_`), and reports its minor page faults; the cases are interleaved round by round
@@ -23,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_ARCHIVE = ROOT.parent/'shared'/'data'/'imagenette2-224sq.tgz'
 PINNED_MALLOC = {'MALLOC_MMAP_THRESHOLD_': '268435456', 'MALLOC_TRIM_THRESHOLD_': '1073741824'}
-CASES = ('plain', 'learnerlab')
+FEATURES = ('channels_last', 'bf16', 'compile', 'threads')
+CASES = ('plain', 'learnerlab', *FEATURES, 'all')
 
 
 def image_folders(data, cache):
@@ -80,14 +84,20 @@ def plain_fit(model, train_dl, valid_dl, args):
     return correct / total
 
 
-def learnerlab_fit(model, train_dl, valid_dl, args):
-    "The same recipe through `Learner.fit_one_cycle` with its default callbacks; returns accuracy."
+def speed_callbacks(features):
+    "learnerlab's speed switches for the named `features` (bf16 is a learner method, applied separately)."
+    from learnerlab.speed import ChannelsLast, CompileModel, CPUThreads
+    make = {'channels_last': ChannelsLast, 'compile': CompileModel, 'threads': CPUThreads}
+    return [make[f]() for f in features if f in make]
+
+
+def learnerlab_fit(model, train_dl, valid_dl, args, features=()):
+    "The same recipe through `Learner.fit_one_cycle` with its default callbacks and `features`; returns accuracy."
     from torch import nn
-    from learnerlab.learner import Learner, DataLoaders, accuracy
-    from learnerlab.optimizer import Adam
-    import learnerlab.schedule  # noqa: F401 (fit_one_cycle)
+    from learnerlab.all import Learner, DataLoaders, accuracy, Adam
     learn = Learner(DataLoaders(train_dl, valid_dl, device='cpu'), model, loss_func=nn.CrossEntropyLoss(),
-                    opt_func=Adam, metrics=accuracy)
+                    opt_func=Adam, metrics=accuracy, cbs=speed_callbacks(features))
+    if 'bf16' in features: learn.to_bf16()
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(args.epochs, args.lr)
     return float(learn.recorder.values[-1][-1])
 
@@ -95,13 +105,14 @@ def learnerlab_fit(model, train_dl, valid_dl, args):
 def run_one(case, args):
     "One fit in this process; prints a JSON line with its time, throughput, accuracy and page faults."
     import torch, torchvision
-    torch.set_num_threads(args.threads)
+    if args.threads: torch.set_num_threads(args.threads)
     train_ds, valid_ds, n_cls = datasets_for(image_folders(args.data, args.cache), args)
     train_dl, valid_dl = loaders(train_ds, valid_ds, args)
     torch.manual_seed(args.seed)
     model = torchvision.models.resnet18(num_classes=n_cls)
     faults0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-    acc = (plain_fit if case == 'plain' else learnerlab_fit)(model, train_dl, valid_dl, args)
+    if case == 'plain': acc = plain_fit(model, train_dl, valid_dl, args)
+    else: acc = learnerlab_fit(model, train_dl, valid_dl, args, FEATURES if case == 'all' else (case,))
     secs = time.perf_counter() - t0
     n_img = args.epochs * len(train_dl) * args.bs
     print(json.dumps(dict(case=case, secs=secs, img_s=n_img / secs, acc=acc,
@@ -123,13 +134,12 @@ def run_child(case, args):
 
 
 def print_table(results, args):
-    med = {c: {k: statistics.median(r[k] for r in results[c]) for k in ('secs', 'img_s', 'acc', 'faults')}
-           for c in CASES}
+    med = {c: {k: statistics.median(r[k] for r in rs) for k in ('secs', 'img_s', 'acc', 'faults')}
+           for c, rs in results.items()}
     base = med['plain']
-    print(f"\n{'case':<12}{'fit s':>9}{'img/s':>9}{'accuracy':>10}{'minor faults':>14}{'time ratio':>12}{'acc - plain':>13}")
-    for c in CASES:
-        m = med[c]
-        print(f"{c:<12}{m['secs']:9.1f}{m['img_s']:9.1f}{m['acc']:10.3f}{m['faults']:14.0f}"
+    print(f"\n{'case':<15}{'fit s':>9}{'img/s':>9}{'accuracy':>10}{'minor faults':>14}{'time ratio':>12}{'acc - plain':>13}")
+    for c, m in med.items():
+        print(f"{c:<15}{m['secs']:9.1f}{m['img_s']:9.1f}{m['acc']:10.3f}{m['faults']:14.0f}"
               f"{m['secs'] / base['secs']:12.2f}{m['acc'] - base['acc']:+13.3f}")
     print(f'median of {args.rounds} round(s); time ratio < 1 means faster than the plain loop')
 
@@ -144,24 +154,31 @@ def main():
     ap.add_argument('--lr', type=float, default=1e-2)
     ap.add_argument('--per-class', type=int, default=200, help='training images per class')
     ap.add_argument('--valid-per-class', type=int, default=50, help='validation images per class')
-    ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--threads', type=int, default=0, help="torch threads for every case (0: torch's default)")
     ap.add_argument('--workers', type=int, default=1, help='DataLoader worker processes')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--rounds', type=int, default=2, help='interleaved rounds of every case')
+    ap.add_argument('--cases', default='plain,learnerlab,channels_last,bf16,compile,threads,all',
+                    help=f"comma-separated, from {', '.join(CASES)}; learnerlab cases add one speed switch each, "
+                         "'all' every switch")
     ap.add_argument('--one', choices=CASES, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one: return run_one(args.one, args)
+    cases = [c.strip() for c in args.cases.split(',')]
+    if 'plain' not in cases or not set(cases) <= set(CASES):
+        sys.exit(f"--cases must include 'plain' (the reference) and name only {', '.join(CASES)}; got {args.cases!r}")
     image_folders(args.data, args.cache)   # extract once, before any timed run
     print(f'resnet18 from scratch, {args.size} px, bs {args.bs}, {args.epochs} epoch(s), lr {args.lr}, '
-          f'{args.per_class}/{args.valid_per_class} images per class, {args.threads} thread(s), {args.workers} worker(s), '
+          f'{args.per_class}/{args.valid_per_class} images per class, {args.threads or "default"} thread(s), '
+          f'{args.workers} worker(s), '
           f'allocator pinned, {os.cpu_count()} CPUs')
-    results = {c: [] for c in CASES}
+    results = {c: [] for c in cases}
     for rnd in range(args.rounds):
-        for c in CASES:
+        for c in cases:
             load = os.getloadavg()[0]
             r = run_child(c, args)
             results[c].append(r)
-            print(f"round {rnd + 1} {c:<11} load {load:4.2f}  {r['secs']:7.1f} s  {r['img_s']:6.1f} img/s  "
+            print(f"round {rnd + 1} {c:<14} load {load:4.2f}  {r['secs']:7.1f} s  {r['img_s']:6.1f} img/s  "
                   f"acc {r['acc']:.3f}  {r['faults']} minor faults", flush=True)
     print_table(results, args)
 
