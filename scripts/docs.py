@@ -50,11 +50,14 @@ def _split_imports(cell):
 
 def terminal_text(text):
     """What a terminal would show for `text`: each carriage return overwrites its line, so a console
-    progress bar (drawn by redrawing one line) leaves only its last state, and blank lines go."""
+    progress bar (drawn by redrawing one line) leaves only its last state, and blank lines go. A bar that
+    was cleared (its label and spaces written over it, as when `lr_find` stops early) leaves nothing."""
     lines = []
     for line in text.split('\n'):
-        shown = [seg for seg in line.split('\r') if seg.strip()]
-        if shown and shown[-1].strip() != '\u2588': lines.append(shown[-1].rstrip())
+        shown = [seg.rstrip() for seg in line.split('\r') if seg.strip()]
+        if not shown or shown[-1].strip() == '\u2588': continue
+        if len(shown) > 1 and shown[-2].startswith(shown[-1]) and shown[-2] != shown[-1]: continue   # a cleared bar
+        lines.append(shown[-1])
     return '\n'.join(lines) + ('\n' if lines else '')
 
 _PLOT_RETURN_REPR = re.compile(r'<(?:Axes|Figure|matplotlib\.[\w.]+)\b|^Text\(|^\[<matplotlib\.')
@@ -73,10 +76,10 @@ def drop_plot_reprs(cell):
         cell['outputs'] = [o for o in outs if not is_plot_return_repr(o)]
 
 def drop_local_paths(text):
-    "Replace this machine's folder paths (the checkout, the home folder, temporary folders) in output text by `…`."
-    for folder in sorted({str(ROOT), str(Path.home()), tempfile.gettempdir()}, key=len, reverse=True):
-        text = re.sub(re.escape(folder) + r'(/[^\s\'"]*)?', lambda m: '…' + (m.group(1) or ''), text)
-    return text
+    "This machine's folders out of output text: the checkout's paths become relative, temporary folders `…`, home `~`."
+    text = re.sub(re.escape(str(ROOT)) + r'(/|\b)', lambda m: '' if m.group(1) else '.', text)
+    text = re.sub(re.escape(tempfile.gettempdir().rstrip('/')) + r'/[^/\s\'"]+', '…', text)
+    return text.replace(str(Path.home()), '~')
 
 def page_name(nb_name):
     "The page nbdev (and Quarto through nbdev's `output-file`) makes of a notebook: `04_learner.ipynb` -> `learner.html`."

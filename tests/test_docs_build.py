@@ -86,7 +86,14 @@ def test_plot_reprs_dropped_only_next_to_a_figure():
 def test_progress_bars_and_local_paths_leave_outputs():
     bar = 'Epoch 1/2 : |--| 0% [0/3]\rEpoch 1/2 : |##| 100% [3/3]\r\repoch  loss\n0      1.0\n'
     fct.test_eq(terminal_text(bar), 'epoch  loss\n0      1.0\n')
-    fct.test_eq(drop_local_paths(f'saved to {ROOT}/models/a.pth'), 'saved to …/models/a.pth')
+    cleared = 'Epoch 2/2 : |#--| 23% [9/39]\rEpoch 2/2 : |##-| 25% [10/39]\rEpoch 2/2 :             \r'
+    fct.test_eq(terminal_text(cleared + '\nvalley 0.001\n'), 'valley 0.001\n')
+    fct.test_eq(terminal_text('loss 1.0\nloss 0.5\n'), 'loss 1.0\nloss 0.5\n')
+    import tempfile
+    fct.test_eq(drop_local_paths(f'saved to {ROOT}/models/a.pth'), 'saved to models/a.pth')
+    fct.test_eq(drop_local_paths(f'saved {tempfile.gettempdir()}/tmp5dv2bpny/results.txt, {tempfile.gettempdir()}/tmpx/a.png'),
+                'saved …/results.txt, …/a.png')
+    fct.test_eq(drop_local_paths(f'cache in {Path.home()}/.learnerlab/data'), 'cache in ~/.learnerlab/data')
 
 def test_absolute_site_links_become_relative_and_broken_anchors_are_mended(tmp_path):
     (tmp_path/'learner.html').write_text('<h3 id="added_cbs">added_cbs</h3><h3 id="learner">Learner</h3>')
