@@ -6,8 +6,16 @@
 The site is nbdev's own processing of the notebooks (`nbdev.serve.proc_nbs`, which turns `show_doc`
 cells into API documentation) rendered by `smalldocs`, a pure-Python renderer of `_quarto.yml`
 projects. Notebooks are stored without outputs; pass `--executed DIR` to render copies that were run
-(the test script leaves them in `build/executed_nbs`), so plots and tables appear on the pages.
-Anyone with Quarto installed can use `nbdev-docs` instead: `nbs/_quarto.yml` is nbdev's standard one.
+(the test script leaves them in `nbs_executed/`), so plots and tables appear on the pages.
+Anyone with Quarto installed can use `nbdev-docs` instead: `nbs/_quarto.yml` is nbdev's standard one,
+and the pages get the same names here as there.
+
+The steps: stage the notebooks; tidy their outputs (progress bars reduced to their last state, plot
+return-value reprs next to a figure dropped, local folders shortened) and link notebook names in
+prose; run nbdev's processors with a cleaner `show_doc` renderer (scripts/docs_showdoc.py) and links
+to public names only; name the pages as nbdev does (`04_learner.ipynb` -> `learner.html`); render
+with smalldocs; then make the site self-contained (scripts/docs_html.py: KaTeX from npm, no web
+fonts, cross-references relative, anchors checked).
 """
 import argparse, ast, json, re, shutil, sys, tempfile
 from pathlib import Path

@@ -63,6 +63,9 @@ def signature_text(sym, name=None):
     name = name or getattr(sym, '__name__', str(sym))
     keyword = 'class' if inspect.isclass(sym) else 'async def' if inspect.iscoroutinefunction(sym) else 'def'
     sig = _signature(sym)
+    if sig is None and inspect.isclass(sym):   # e.g. an exception: its constructor is a builtin's, so show its bases
+        bases = [b.__name__ for b in sym.__bases__ if b is not object]
+        return f'class {name}({", ".join(bases)}):' if bases else f'class {name}:'
     if sig is None: return f'{keyword} {name}(...)'
     ret = annotation_text(sig.return_annotation)
     close = f'){"->" + ret if ret else ""}:'

@@ -299,11 +299,11 @@ def signatures(docs_dir):
             if re.match(r'(async def|def|class) \w+\(', code): yield page.name, code
 
 def test_signatures_are_clean(site):
-    "No inferred `NoneType`/`function` annotations, no `<... at 0x...>` reprs; a documented class reads `class Name(`."
+    "No inferred `NoneType`/`function` annotations, no `<... at 0x...>` reprs, no `(...)`; a class reads `class Name(`."
     _, _, docs_dir = site
     sigs = list(signatures(docs_dir))
     assert len(sigs) > 50, f'too few API signatures found: {len(sigs)}'
-    noisy = [(p, c) for p, c in sigs if re.search(r':NoneType\b|:function\b|:type=| at 0x[0-9a-f]+', c)]
+    noisy = [(p, c) for p, c in sigs if re.search(r':NoneType\b|:function\b|:type=| at 0x[0-9a-f]+|\(\.\.\.\)', c)]
     assert not noisy, f'{len(noisy)} noisy signatures, e.g. {noisy[:3]}'
     learner = [c for p, c in sigs if re.match(r'(def|class) Learner\(', c)]
     assert learner and all(c.startswith('class Learner(') for c in learner), learner

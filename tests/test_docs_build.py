@@ -35,6 +35,8 @@ def test_default_text_names_functions_and_hides_addresses():
 
 def test_signature_text_is_what_the_code_wrote():
     fct.test_eq(signature_text(Thing), 'class Thing(a, b=None, opt=valley):')
+    class Stop(KeyboardInterrupt): "An exception: its signature is a builtin's."
+    fct.test_eq(signature_text(Stop), 'class Stop(KeyboardInterrupt):')
     fct.test_eq(signature_text(documented), 'def documented(xs, beta:float=0.9, funcs=(valley,), **kwargs)->list:')
     def patched(self: Thing, n, *, flag=False): pass
     fct.test_eq(signature_text(patched, 'patched'), 'def patched(n, *, flag=False):')
