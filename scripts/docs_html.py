@@ -54,7 +54,7 @@ def site_url():
     cfg = get_config()
     return f"{cfg.doc_host.rstrip('/')}/{cfg.doc_baseurl.strip('/')}/".replace(':///', '://').rstrip('/') + '/'
 
-def page_ids(page): return set(re.findall(r'\bid="([^"]+)"', page.read_text()))
+def page_ids(page): return set(re.findall(r'(?<![\w-])id="([^"]+)"', page.read_text()))
 
 class LinkFixer:
     "Makes a page's links to the published site relative and checks (and mends) their anchors."

@@ -155,7 +155,7 @@ def crawl(base):
             target, frag = urldefrag(url)
             html = fetch(target)
             if html is None: problems.append(f'{page}: broken link {href}')
-            elif frag and target.endswith('.html') and not re.search(rf'\bid="{re.escape(frag)}"', html):
+            elif frag and target.endswith('.html') and not re.search(rf'(?<![\w-])id="{re.escape(frag)}"', html):
                 problems.append(f'{page}: link {href} to a missing anchor')
     return {u for u, h in pages.items() if h is not None and u.endswith('.html')}, problems
 
