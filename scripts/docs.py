@@ -164,6 +164,18 @@ def process_notebooks(stage):
     nbdev_sidebar.__wrapped__(path=stage, force=True)
     return proc_nbs(str(stage), force=True, n_workers=0)
 
+def link_mentions_in_api_docs(proc):
+    "Link notebook names in the markdown the `show_doc` cells produced (docstrings), as `prepare_notebook` does in prose."
+    stems = [p.stem for p in proc.glob('*.ipynb')]
+    for nb_path in proc.glob('*.ipynb'):
+        nb, changed = json.loads(nb_path.read_text()), False
+        for out in (o for c in nb['cells'] for o in c.get('outputs', [])):
+            md = out.get('data', {}).get('text/markdown')
+            if md is None: continue
+            linked = link_notebook_mentions(''.join(md), stems)
+            if linked != ''.join(md): out['data']['text/markdown'], changed = linked, True
+        if changed: nb_path.write_text(json.dumps(nb))
+
 def name_pages_as_nbdev(proc):
     """Rename the processed notebooks to the pages nbdev's `output-file` names (`04_learner.ipynb` ->
     `learner.ipynb`, rendered as `learner.html`, which smalldocs does not read) and the sidebar with them."""
@@ -181,6 +193,7 @@ def build_site(executed=None):
     from smalldocs.site import build
     from docs_html import finish_site
     proc = process_notebooks(stage_notebooks(Path(executed) if executed else NBS))
+    link_mentions_in_api_docs(proc)
     name_pages_as_nbdev(proc)
     site = build(str(proc), quiet=True)
     for w in site.warnings:

@@ -8,7 +8,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT/'scripts'))
 from docs_showdoc import default_text, signature_text, param_table   # noqa: E402
-from docs import page_name, link_notebook_mentions, drop_plot_reprs, terminal_text, drop_local_paths   # noqa: E402
+from docs import page_name, link_notebook_mentions, drop_plot_reprs, terminal_text, drop_local_paths, link_mentions_in_api_docs   # noqa: E402
 from docs_html import LinkFixer, drop_font_imports   # noqa: E402
 
 def valley(xs): return xs
@@ -73,6 +73,14 @@ def test_notebook_mentions_become_links():
                 "and [`04a_learner_extras`](learner_extras.html); `learn` stays")
     already = '[`03_callback`](callback.html)'
     fct.test_eq(link_notebook_mentions(already, stems), already)
+
+def test_notebook_mentions_in_api_docs_become_links(tmp_path):
+    import json
+    out = {'output_type': 'execute_result', 'data': {'text/markdown': ['### f\n', '*Built on `03_callback`.*']}}
+    (tmp_path/'03_callback.ipynb').write_text(json.dumps({'cells': [{'cell_type': 'code', 'outputs': [out]}]}))
+    link_mentions_in_api_docs(tmp_path)
+    md = json.loads((tmp_path/'03_callback.ipynb').read_text())['cells'][0]['outputs'][0]['data']['text/markdown']
+    fct.test_eq(md, '### f\n*Built on [`03_callback`](callback.html).*')
 
 def test_plot_reprs_dropped_only_next_to_a_figure():
     axes = {'output_type': 'execute_result', 'data': {'text/plain': ["array([<Axes: title={'center': 'lr'}>], dtype=object)"]}}
