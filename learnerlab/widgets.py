@@ -10,7 +10,7 @@ __all__ = ['SIGNALS', 'PATH_OPTIMIZERS', 'PATH_DEFAULT_LRS', 'PATH_COLORS', 'che
            'OptimizerPathExplorer', 'optimizer_path_explorer', 'one_cycle_curves', 'ScheduleExplorer',
            'schedule_explorer']
 
-# %% ../nbs/02_widgets.ipynb #a7c9cb7c
+# %% ../nbs/02_widgets.ipynb #b8f9dc1d
 import io, math, random
 import torch
 import ipywidgets as widgets
@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from .optimizer import SGD, RMSProp, Adam
 from .schedule import combined_cos
 
-# %% ../nbs/02_widgets.ipynb #7e804897
+# %% ../nbs/02_widgets.ipynb #0845ed4f
 def check_beta(
     beta,         # the value to check
     name='beta',  # the argument's name, for the error message
@@ -30,7 +30,7 @@ def check_beta(
                          f"{name}=0 keeps only the latest value, values near 1 (e.g. 0.9, 0.99) average over more steps")
     return float(beta)
 
-# %% ../nbs/02_widgets.ipynb #707b923a
+# %% ../nbs/02_widgets.ipynb #c6586845
 def ewma(
     xs,           # the values to average: numbers, or a 1-D tensor
     beta,         # the fraction of the average kept at each step, in [0, 1)
@@ -46,7 +46,7 @@ def ewma(
         out.append(avg / (1 - beta**(i+1)) if debias else avg)
     return out
 
-# %% ../nbs/02_widgets.ipynb #75fcc444
+# %% ../nbs/02_widgets.ipynb #dff89265
 def ewma_table(
     xs,    # the values to average
     beta,  # the fraction of the average kept at each step, in [0, 1)
@@ -55,7 +55,7 @@ def ewma_table(
     avgs, unbiased = ewma(xs, beta, debias=False), ewma(xs, beta)
     return [(i, float(x), a, u) for i, (x, a, u) in enumerate(zip(xs, avgs, unbiased))]
 
-# %% ../nbs/02_widgets.ipynb #bc7a05c5
+# %% ../nbs/02_widgets.ipynb #55f3f155
 SIGNALS = ('noisy', 'step', 'flip')
 
 def make_signal(
@@ -71,7 +71,7 @@ def make_signal(
     if kind == 'step': return [1. if i < n//2 else 3. for i in range(n)]
     return [0.5 + 2*(-1)**i for i in range(n)]
 
-# %% ../nbs/02_widgets.ipynb #ecab4a17
+# %% ../nbs/02_widgets.ipynb #c926b826
 def figure_png(
     fig,     # a matplotlib `Figure`
     dpi=80,  # dots per inch of the picture
@@ -82,7 +82,7 @@ def figure_png(
     fig.savefig(buf, format='png', dpi=dpi)
     return buf.getvalue()
 
-# %% ../nbs/02_widgets.ipynb #41c95b9e
+# %% ../nbs/02_widgets.ipynb #5aa3cca6
 class Explorer:
     "Base of the explorers: `controls` whose changes call `redraw`, which redraws `fig` and the `image` widget."
     def __init__(self, controls, figsize=(8, 4)):
@@ -120,7 +120,7 @@ class Explorer:
         bundle['text/plain'] = f'{type(self).__name__}: run in Jupyter with ipywidgets to use the controls'
         return bundle
 
-# %% ../nbs/02_widgets.ipynb #531a5617
+# %% ../nbs/02_widgets.ipynb #81284bf4
 class EwmaExplorer(Explorer):
     "Raw values, their EWMA and the debiased EWMA, with controls `beta`, `signal` and `n`."
     def __init__(self, beta=0.9, signal='noisy', n=100, seed=0):
@@ -156,7 +156,7 @@ def ewma_explorer(
     "An `EwmaExplorer`: sliders for `beta` and `n`, a dropdown for the signal; display it in Jupyter."
     return EwmaExplorer(beta, signal, n, seed)
 
-# %% ../nbs/02_widgets.ipynb #367b5452
+# %% ../nbs/02_widgets.ipynb #de1729c8
 def canyon(
     xy,      # a tensor `(x, y)`, or a pair of grids `(X, Y)`
     a=0.1,   # the curvature along the floor (x)
@@ -166,7 +166,7 @@ def canyon(
     x, y = xy[0], xy[1]
     return 0.5*(a*x**2 + b*y**2)
 
-# %% ../nbs/02_widgets.ipynb #a8bccaf8
+# %% ../nbs/02_widgets.ipynb #0aaa008d
 def optimize_path(
     opt_func,          # an optimizer factory, `opt_func(params, **hypers)`, e.g. `SGD` or `Adam`
     start=(-4.5, 1.),  # the starting point `(x, y)`
@@ -191,7 +191,7 @@ def optimize_path(
         path.append(param.detach().clone())
     return torch.stack(path)
 
-# %% ../nbs/02_widgets.ipynb #a6c9d829
+# %% ../nbs/02_widgets.ipynb #67eb8a06
 PATH_OPTIMIZERS = ('SGD', 'SGD+momentum', 'RMSProp', 'Adam')
 PATH_DEFAULT_LRS = {'SGD': 0.19, 'SGD+momentum': 0.03, 'RMSProp': 0.05, 'Adam': 0.1}
 PATH_COLORS = {'SGD': 'C0', 'SGD+momentum': 'C1', 'RMSProp': 'C2', 'Adam': 'C3'}
@@ -206,7 +206,7 @@ def lr_steps(
             for m in (1, 1.5, 2, 3, 5, 7)]
     return sorted({v for v in grid if lo <= v <= hi} | {float(v) for v in extra})
 
-# %% ../nbs/02_widgets.ipynb #69e651ce
+# %% ../nbs/02_widgets.ipynb #99e799cc
 class OptimizerPathExplorer(Explorer):
     "Paths of SGD, SGD with momentum, RMSProp and Adam on `loss_fn`, with a learning rate per optimizer and shared hypers."
     def __init__(self, start=(-4.5, 1.), steps=50, mom=0.9, sqr_mom=0.99, eps=1e-5, lrs=None, loss_fn=canyon):
@@ -283,7 +283,7 @@ def optimizer_path_explorer(
     "An `OptimizerPathExplorer` on `loss_fn` (default: `canyon`); display it in Jupyter to use the sliders."
     return OptimizerPathExplorer(start, steps, mom, sqr_mom, eps, lrs, loss_fn)
 
-# %% ../nbs/02_widgets.ipynb #6446fd10
+# %% ../nbs/02_widgets.ipynb #309eb92a
 def one_cycle_curves(
     lr_max=1e-3,               # the peak learning rate
     div=25.,                   # the learning rate starts at `lr_max/div`
@@ -304,7 +304,7 @@ def one_cycle_curves(
     pos = [i/(n-1) for i in range(n)]
     return {'pos': pos, 'lr': [lr_sched(p) for p in pos], 'mom': [mom_sched(p) for p in pos]}
 
-# %% ../nbs/02_widgets.ipynb #2e1f2dcd
+# %% ../nbs/02_widgets.ipynb #7365d52d
 class ScheduleExplorer(Explorer):
     "One-cycle learning rate and momentum curves, with sliders `lr_max`, `div`, `div_final`, `pct_start` and `moms`."
     def __init__(self, lr_max=1e-3, div=25., div_final=1e5, pct_start=0.25, moms=(0.95, 0.85, 0.95)):
