@@ -201,3 +201,46 @@ def test_schedule_explorer_curves_are_what_fit_one_cycle_does():
     curves = one_cycle_curves(0.1, div=10., pct_start=0.3, moms=(0.9, 0.8, 0.9), n=n_batches + 1)   # positions i/16
     fct.test_close(learn.recorder.hps['lr'], curves['lr'][:n_batches], eps=1e-9)
     fct.test_close(learn.recorder.hps['mom'], curves['mom'][:n_batches], eps=1e-9)
+
+@settings(max_examples=8, deadline=None)
+@given(ticked=st.sets(st.sampled_from(('SGD', 'SGD+momentum', 'RMSProp', 'Adam'))))
+def test_optimizer_path_colours_do_not_depend_on_what_is_ticked(ticked):
+    "Whichever optimizers are ticked, each path and loss curve has its optimizer's colour, and the top panel names them."
+    from matplotlib.colors import to_hex
+    from learnerlab.widgets import optimizer_path_explorer, PATH_COLORS, PATH_OPTIMIZERS
+    w = optimizer_path_explorer(steps=3)
+    for n in PATH_OPTIMIZERS: w.show[n].value = n in ticked
+    top, loss = w.fig.axes[0], w.fig.axes[1]
+    paths = {l.get_label(): to_hex(l.get_color()) for l in top.lines if l.get_label() != 'start'}
+    fct.test_eq(paths, {n: to_hex(PATH_COLORS[n]) for n in ticked})
+    fct.test_eq(sorted(to_hex(l.get_color()) for l in loss.lines), sorted(paths.values()))
+    fct.test_eq({t.get_text() for t in top.get_legend().get_texts()}, set(ticked) | {'start'})
+
+@settings(max_examples=10, deadline=None)
+@given(lr=st.floats(1e-4, 1.), name=st.sampled_from(('SGD', 'SGD+momentum', 'RMSProp', 'Adam')))
+def test_a_starting_learning_rate_is_a_slider_position(lr, name):
+    "The learning-rate slider starts exactly on the rate asked for, which is one of its positions; moving it sets the run's lr."
+    from learnerlab.widgets import optimizer_path_explorer
+    w = optimizer_path_explorer(steps=1, lrs={name: lr})
+    slider, positions = w.lr[name], [v for _, v in w.lr[name].options]
+    assert lr in positions and slider.value == lr
+    assert positions == sorted(positions) and len(positions) >= 25
+    slider.index = 0
+    fct.test_eq(w.runs()[name][1]['lr'], positions[0])
+
+def test_shared_sliders_sit_apart_from_the_optimizers():
+    "The panel has one box per group: the optimizers' rows (tick box and lr each) and the shared sliders."
+    from learnerlab.widgets import optimizer_path_explorer, PATH_OPTIMIZERS
+    w = optimizer_path_explorer(steps=1)
+    per_opt, shared = w.ui.children[0].children
+    rows = [c for c in per_opt.children if hasattr(c, 'children')]
+    fct.test_eq([row.children[1:] for row in rows], [(w.show[n], w.lr[n]) for n in PATH_OPTIMIZERS])
+    fct.test_eq(list(shared.children[1:]), [w.mom, w.sqr_mom, w.eps, w.steps])
+    assert 'Shared' in shared.children[0].value and per_opt.layout.border and shared.layout.border
+
+def test_schedule_explorer_shows_both_momentum_ends():
+    w = schedule_explorer(moms=(0.9, 0.8, 0.9))
+    assert not w.moms.readout and w.moms_readout in w.ui.children[0].children[-1].children
+    fct.test_eq(w.moms_readout.value, '0.80 to 0.90')
+    w.moms.value = (0.7, 0.95)
+    fct.test_eq(w.moms_readout.value, '0.70 to 0.95')
