@@ -11,8 +11,8 @@ __all__ = ['ARCHIVE_SUFFIXES', 'STALL_BYTES', 'MAX_MEMBERS', 'MAX_SIZE', 'MAX_RA
            'extract_archive', 'untar_data', 'find_splits', 'load_rgb', 'train_transforms', 'valid_transforms',
            'per_class_subset', 'default_num_workers', 'get_data', 'fashion_mnist_sample', 'get_fashion_sample']
 
-# %% ../nbs/07_data.ipynb #e3f4748c
-import hashlib, os, shutil, tarfile, tempfile, time, urllib.error, urllib.request, zlib
+# %% ../nbs/07_data.ipynb #73b54b77
+import hashlib, os, re, shutil, socket, tarfile, tempfile, time, urllib.error, urllib.request, zlib
 from pathlib import Path
 
 import torch
@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 import learnerlab
 from .learner import DataLoaders
 
-# %% ../nbs/07_data.ipynb #04dd15d6
+# %% ../nbs/07_data.ipynb #d765d0bd
 class URLs:
     "Official archive URLs of fast.ai's Imagenette and Imagewoof data sets (v2 splits)."
     S3_IMAGECLAS = 'https://s3.amazonaws.com/fast-ai-imageclas/'
@@ -35,7 +35,7 @@ class URLs:
     IMAGEWOOF_160 = S3_IMAGECLAS + 'imagewoof2-160.tgz'
     IMAGEWOOF_320 = S3_IMAGECLAS + 'imagewoof2-320.tgz'
 
-# %% ../nbs/07_data.ipynb #e2fd16aa
+# %% ../nbs/07_data.ipynb #29a79cc8
 def data_dir(dest=None):
     "The folder data sets are extracted into: `dest`, else `$LEARNERLAB_DATA`, else `~/.learnerlab/data` (created)."
     path = dest if dest is not None else os.environ.get('LEARNERLAB_DATA') or Path.home()/'.learnerlab'/'data'
@@ -44,7 +44,7 @@ def data_dir(dest=None):
     path.mkdir(parents=True, exist_ok=True)
     return path
 
-# %% ../nbs/07_data.ipynb #c7520a26
+# %% ../nbs/07_data.ipynb #7e843665
 ARCHIVE_SUFFIXES = ('.tar.gz', '.tgz', '.tar.bz2', '.tbz2', '.tar.xz', '.txz', '.tar')
 
 def archive_name(url_or_path):
@@ -54,7 +54,7 @@ def archive_name(url_or_path):
         if name.lower().endswith(suffix) and len(name) > len(suffix): return name[:-len(suffix)]
     raise ValueError(f"url_or_path must name a tar archive ({', '.join(ARCHIVE_SUFFIXES)}), got {str(url_or_path)!r}")
 
-# %% ../nbs/07_data.ipynb #50b6ae8c
+# %% ../nbs/07_data.ipynb #8b18417e
 class DownloadError(OSError):
     "A download that failed, stalled, ran past its deadline or stopped early."
 
@@ -88,7 +88,29 @@ def check_file(path, size=None, sha256=None, source=None):
                                   f"expected one; {_redo_hint(source)}")
     return path
 
-# %% ../nbs/07_data.ipynb #c36c207e
+# %% ../nbs/07_data.ipynb #c740ca39
+def _temp_prefix(name):
+    "The start of a temporary name for `name`, recording this host and process."
+    return f'.{name}.{socket.gethostname()}-{os.getpid()}.'
+
+def _process_gone(pid):
+    "True when no process `pid` runs on this host."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return True
+    except PermissionError: return False
+    return False
+
+def _remove_stale_temps(folder, name):
+    "Delete the temporary files and folders for `name` in `folder` that a process of this host left when it was killed."
+    pattern = re.compile(rf'\.+{re.escape(name)}\.{re.escape(socket.gethostname())}-(\d+)\..*\.(download|part|extracting|old)$')
+    if not Path(folder).is_dir(): return
+    for p in Path(folder).iterdir():
+        m = pattern.match(p.name)
+        if not m or not _process_gone(int(m.group(1))): continue
+        if p.is_dir() and not p.is_symlink(): shutil.rmtree(p, ignore_errors=True)
+        else: p.unlink(missing_ok=True)
+
+# %% ../nbs/07_data.ipynb #d1eaab14
 STALL_BYTES = 1024
 
 def _check_seconds(v, name, allow_none=False):
@@ -125,7 +147,8 @@ def download_url(url, dest, size=None, sha256=None, show_progress=True, timeout=
     _check_seconds(timeout, 'timeout'); _check_seconds(deadline, 'deadline', allow_none=True)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{dest.name}.', suffix='.part', dir=dest.parent)
+    _remove_stale_temps(dest.parent, dest.name)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(dest.name), suffix='.part', dir=dest.parent)
     try:
         with os.fdopen(fd, 'wb') as f:
             try:
@@ -144,7 +167,7 @@ def download_url(url, dest, size=None, sha256=None, show_progress=True, timeout=
         if os.path.exists(tmp): os.remove(tmp)
     return dest
 
-# %% ../nbs/07_data.ipynb #1dd4de77
+# %% ../nbs/07_data.ipynb #e865f2c8
 MAX_MEMBERS, MAX_SIZE, MAX_RATIO = 500_000, 64 << 30, 100
 
 def _check_filters():
@@ -187,7 +210,7 @@ def _swap_in(src, dest, replace):
     "Rename the folder `src` to `dest`; with `replace`, an existing `dest` is moved aside first and deleted only after."
     if not dest.exists(): return os.rename(src, dest)
     if not replace: raise FileExistsError(f"dest {dest} already exists: remove it or pass replace=True")
-    old = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.', suffix='.old', dir=dest.parent))
+    old = Path(tempfile.mkdtemp(prefix=_temp_prefix(dest.name), suffix='.old', dir=dest.parent))
     try:
         os.rename(dest, old/dest.name)
         try: os.rename(src, dest)
@@ -201,7 +224,8 @@ def extract_archive(archive, dest, replace=False, max_members=MAX_MEMBERS, max_s
     source = archive if source is None else source
     if dest.exists() and not replace: raise FileExistsError(f"dest {dest} already exists: remove it or pass replace=True")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.', suffix='.extracting', dir=dest.parent))
+    _remove_stale_temps(dest.parent, dest.name)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(dest.name), suffix='.extracting', dir=dest.parent))
     try:
         try:
             with tarfile.open(archive) as tf:
@@ -214,12 +238,13 @@ def extract_archive(archive, dest, replace=False, max_members=MAX_MEMBERS, max_s
         if tmp.exists(): shutil.rmtree(tmp)
     return dest
 
-# %% ../nbs/07_data.ipynb #9f286b72
+# %% ../nbs/07_data.ipynb #7083f22f
 def untar_data(url, dest=None, size=None, sha256=None, force=False, show_progress=True, timeout=30, deadline=None,
                max_members=MAX_MEMBERS, max_size=MAX_SIZE, max_ratio=MAX_RATIO):
     "Download (or take the local archive) `url`, check it, extract it into `data_dir(dest)`; return the folder."
     name = archive_name(url)
     out = data_dir(dest)/name
+    _remove_stale_temps(out.parent, name)
     if out.exists() and not force: return out
     limits = dict(max_members=max_members, max_size=max_size, max_ratio=max_ratio)
     if not _is_url(url):
@@ -227,7 +252,7 @@ def untar_data(url, dest=None, size=None, sha256=None, force=False, show_progres
         if not archive.is_file(): raise FileNotFoundError(f"url {str(url)!r} is neither a URL nor an existing archive file")
         check_file(archive, size, sha256)
         return extract_archive(archive, out, replace=True, **limits)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.download', dir=out.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(name), suffix='.download', dir=out.parent)
     os.close(fd)
     try:
         download_url(url, tmp, size=size, sha256=sha256, show_progress=show_progress, timeout=timeout, deadline=deadline)
@@ -235,7 +260,7 @@ def untar_data(url, dest=None, size=None, sha256=None, force=False, show_progres
     finally:
         if os.path.exists(tmp): os.remove(tmp)
 
-# %% ../nbs/07_data.ipynb #f6b54a3a
+# %% ../nbs/07_data.ipynb #4b123831
 VALID_NAMES = ('val', 'valid', 'validation', 'test')
 
 def find_splits(path):
@@ -249,14 +274,14 @@ def find_splits(path):
                                 f"sub-folder per class; found folders {found}")
     return path/'train', valid
 
-# %% ../nbs/07_data.ipynb #f4b67b86
+# %% ../nbs/07_data.ipynb #c3ab0aaf
 def load_rgb(path):
     "Open the image at `path` as an RGB `PIL.Image` (greyscale and palette images converted)."
     with open(path, 'rb') as f:
         img = Image.open(f)
         return img.convert('RGB')
 
-# %% ../nbs/07_data.ipynb #0c7c3dc8
+# %% ../nbs/07_data.ipynb #39c7347a
 IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 def _check_size(v, name):
@@ -277,7 +302,7 @@ def valid_transforms(resize, mean=IMAGENET_STATS[0], std=IMAGENET_STATS[1]):
     return v2.Compose([v2.ToImage(), v2.Resize(resize, antialias=True), v2.CenterCrop(resize),
                        v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
-# %% ../nbs/07_data.ipynb #ffb77ba6
+# %% ../nbs/07_data.ipynb #d36bc936
 def per_class_subset(ds, n):
     "`ds` (an `ImageFolder`) limited to the first `n` items of each class, as a `torch.utils.data.Subset`; `n=None` keeps all."
     if n is None: return ds
@@ -287,13 +312,13 @@ def per_class_subset(ds, n):
         if counts.get(t, 0) < n: keep.append(i); counts[t] = counts.get(t, 0) + 1
     return torch.utils.data.Subset(ds, keep)
 
-# %% ../nbs/07_data.ipynb #7ee2cf51
+# %% ../nbs/07_data.ipynb #469478eb
 def default_num_workers():
     "Worker processes for image loading: one less than the CPU count, at least 0, at most 8."
     n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     return max(0, min(8, n - 1))
 
-# %% ../nbs/07_data.ipynb #03414ad6
+# %% ../nbs/07_data.ipynb #94116c3a
 def _image_folder_path(url_or_path, dest):
     "A folder of images from a URL, an archive file or a folder."
     if _is_url(url_or_path): return untar_data(url_or_path, dest)
@@ -322,7 +347,7 @@ def get_data(url_or_path, presize, resize, bs=128, mean=None, std=None, min_scal
     dls.vocab, dls.path = classes, train_dir.parent
     return dls
 
-# %% ../nbs/07_data.ipynb #b1d5f07c
+# %% ../nbs/07_data.ipynb #64b73a23
 SAMPLE_DIR = Path(learnerlab.__file__).resolve().parent/'samples'
 FASHION_SAMPLE = SAMPLE_DIR/'fashion_mnist_sample.tgz'
 FASHION_SAMPLE_SHA256 = 'bc0e967ace36a5703fe591863f8d38e5fb40701b1d2f4a749d5775cb9db69a54'
@@ -334,7 +359,7 @@ def fashion_mnist_sample(dest=None):
     if not FASHION_SAMPLE.is_file(): raise FileNotFoundError(f"the packaged sample {FASHION_SAMPLE} is missing: reinstall learnerlab")
     return untar_data(FASHION_SAMPLE, dest, sha256=FASHION_SAMPLE_SHA256)
 
-# %% ../nbs/07_data.ipynb #536016bb
+# %% ../nbs/07_data.ipynb #aa1d6bbb
 def get_fashion_sample(size=32, bs=64, min_scale=0.75, dest=None, **kwargs):
     "`get_data` on the packaged Fashion-MNIST sample at `size` pixels: 2,500 training and 500 validation images."
     return get_data(fashion_mnist_sample(dest), size, size, bs, mean=FASHION_STATS[0], std=FASHION_STATS[1],

@@ -365,3 +365,23 @@ def test_the_full_imagenette_passes_the_default_limits(tmp_path):
     fct.test_eq(len(list((path/'train').glob('*/*.JPEG'))), 9469)
     fct.test_eq(len(list((path/'val').glob('*/*.JPEG'))), 3925)
     fct.test_eq([p.name for p in tmp_path.iterdir()], ['imagenette2-224sq'])
+
+def test_temp_files_of_a_killed_process_are_removed_by_the_next_call(server, tmp_path):
+    "SIGKILL in the middle of a download leaves temp files no code can remove then; the next untar_data removes them."
+    base, srv, folder = server
+    (folder/'ds.tgz').write_bytes(_tgz_bytes(GOOD))
+    data = tmp_path/'data'
+    code = f"from learnerlab import data as D; D.untar_data({base + 'drip/ds.tgz'!r}, dest={str(data)!r}, show_progress=False)"
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')])}
+    proc = subprocess.Popen([sys.executable, '-c', code], env=env)
+    try:
+        give_up = time.monotonic() + 120
+        while not any(n.endswith('.part') for n in listing(data) if data.exists()) and time.monotonic() < give_up:
+            assert proc.poll() is None, 'the download ended before it could be killed'
+            time.sleep(0.1)
+    finally: proc.kill(); proc.wait()
+    left = listing(data)
+    assert any(n.endswith('.download') for n in left) and any(n.endswith('.part') for n in left), left
+    path = D.untar_data(base + 'ds.tgz', dest=data, show_progress=False)
+    fct.test_eq(listing(data), ['ds', 'ds/train', 'ds/train/cat', 'ds/train/cat/1.txt', 'ds/val', 'ds/val/cat', 'ds/val/cat/2.txt'])
+    fct.test_eq((path/'train'/'cat'/'1.txt').read_bytes(), b'meow')
