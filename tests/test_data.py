@@ -1,5 +1,5 @@
 """learnerlab.data: downloads served from a loopback HTTP server (never the internet), safe extraction, the sample."""
-import _thread, functools, hashlib, http.server, io, os, socket, subprocess, sys, tarfile, threading, time
+import _thread, functools, hashlib, http.server, io, os, signal, socket, subprocess, sys, tarfile, threading, time
 from pathlib import Path
 
 import pytest
@@ -306,9 +306,14 @@ def test_ctrl_c_during_a_download_keeps_the_old_data(server, tmp_path):
     base, srv, folder = server
     data = tmp_path/'data'
     still_intact = _with_old_copy(base, folder, data)
-    threading.Timer(0.5, _thread.interrupt_main).start()       # what Ctrl-C does, half a second into the download
-    with pytest.raises(KeyboardInterrupt):
-        D.untar_data(base + 'drip/ds.tgz', dest=data, force=True, timeout=30, show_progress=False)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)   # a background shell may have set SIGINT to ignored
+    try:
+        threading.Timer(0.5, _thread.interrupt_main).start()   # what Ctrl-C does, half a second into the download
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            D.untar_data(base + 'drip/ds.tgz', dest=data, force=True, timeout=30, show_progress=False)
+        assert time.monotonic() - t0 < 10
+    finally: signal.signal(signal.SIGINT, previous)
     still_intact()
 
 def test_bad_timeouts(tmp_path):
