@@ -19,6 +19,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self):
         self.server.requests.append(self.path)
         kind, _, name = self.path.lstrip('/').partition('/')
+        if kind == 'headdrip': return self._drip_status_line()
         if kind not in ('short', *PACES): return super().do_GET()
         body = (Path(self.directory)/name).read_bytes()
         self.send_response(200)
@@ -32,6 +33,14 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
                     self.wfile.write(body[i:i + step]); self.wfile.flush(); time.sleep(pause)
             self.wfile.flush()
         except OSError: pass                 # the client gave up
+        self.close_connection = True
+
+    def _drip_status_line(self):
+        "Send the status line and headers one byte every 0.2 s, so that no single wait for bytes times out."
+        try:
+            for b in b'HTTP/1.0 200 OK\r\nContent-Length: 10\r\nX-Padding: ' + b'x' * 1000 + b'\r\n\r\n0123456789':
+                self.wfile.write(bytes([b])); self.wfile.flush(); time.sleep(0.2)
+        except OSError: pass
         self.close_connection = True
 
 @pytest.fixture
@@ -279,6 +288,17 @@ def test_a_dripping_server_is_given_up_within_the_timeout(server, tmp_path):
     assert time.monotonic() - t0 < 5, time.monotonic() - t0
     _assert_clean(tmp_path/'data')
 
+def test_a_server_dripping_its_headers_is_given_up_within_the_timeout(server, tmp_path):
+    "The headers alone would take 3.5 minutes at this pace: the watchdog ends the wait after `timeout` or `deadline`."
+    base, srv, folder = server
+    for kw, msg in [(dict(timeout=1), 'did not answer in time: nothing usable within 1 s'),
+                    (dict(timeout=30, deadline=1), 'passed its deadline of 1 s')]:
+        t0 = time.monotonic()
+        with pytest.raises(D.DownloadError, match=msg):
+            D.untar_data(base + 'headdrip/ds.tgz', dest=tmp_path/'data', show_progress=False, **kw)
+        assert time.monotonic() - t0 < 4, (kw, time.monotonic() - t0)
+    _assert_clean(tmp_path/'data')
+
 def test_a_steady_but_slow_download_stops_at_its_deadline(server, tmp_path):
     "40 KiB/s is not a stall, so only `deadline` ends it; the same file downloads fine without one."
     base, srv, folder = server
@@ -297,7 +317,7 @@ def test_a_silent_server_is_given_up_within_the_timeout(tmp_path):
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0)); s.listen(1)
         t0 = time.monotonic()
-        with pytest.raises(D.DownloadError, match=f'could not download http://127.0.0.1:{s.getsockname()[1]}/x.tgz: .*timed out'):
+        with pytest.raises(D.DownloadError, match=f'^http://127.0.0.1:{s.getsockname()[1]}/x.tgz did not answer in time: nothing usable within 1 s \\(timeout=1\\)'):
             D.untar_data(f'http://127.0.0.1:{s.getsockname()[1]}/x.tgz', dest=tmp_path/'data', timeout=1, show_progress=False)
         assert time.monotonic() - t0 < 4
     _assert_clean(tmp_path/'data')
@@ -390,3 +410,35 @@ def test_temp_files_of_a_killed_process_are_removed_by_the_next_call(server, tmp
     path = D.untar_data(base + 'ds.tgz', dest=data, show_progress=False)
     fct.test_eq(listing(data), ['ds', 'ds/train', 'ds/train/cat', 'ds/train/cat/1.txt', 'ds/val', 'ds/val/cat', 'ds/val/cat/2.txt'])
     fct.test_eq((path/'train'/'cat'/'1.txt').read_bytes(), b'meow')
+
+@pytest.fixture
+def https_server(tmp_path):
+    "A loopback HTTPS server (self-signed certificate for 127.0.0.1) on tmp_path/'srv'; yields (base url, folder, cert)."
+    import shutil, ssl
+    if shutil.which('openssl') is None: pytest.skip('needs openssl to make a certificate')
+    folder, cert, key = tmp_path/'srv', tmp_path/'cert.pem', tmp_path/'key.pem'
+    folder.mkdir()
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', str(key), '-out', str(cert),
+                    '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'],
+                   check=True, capture_output=True)
+    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(_Handler, directory=str(folder)))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(cert, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    srv.requests = []
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f'https://127.0.0.1:{srv.server_address[1]}/', folder, cert
+    srv.shutdown(); srv.server_close()
+
+def test_https_checks_the_certificate_and_downloads_once_trusted(https_server, tmp_path, monkeypatch):
+    base, folder, cert = https_server
+    make_tgz(folder/'ds.tgz', GOOD)
+    with pytest.raises(D.DownloadError, match=f'could not download {base}ds.tgz: .*CERTIFICATE_VERIFY_FAILED'):
+        D.untar_data(base + 'ds.tgz', dest=tmp_path/'data', show_progress=False)    # an unknown certificate is refused
+    _assert_clean(tmp_path/'data')
+    monkeypatch.setenv('SSL_CERT_FILE', str(cert))                                   # trusted: the download works
+    path = D.untar_data(base + 'ds.tgz', dest=tmp_path/'data', show_progress=False)
+    fct.test_eq((path/'train'/'cat'/'1.txt').read_bytes(), b'meow')
+    t0 = time.monotonic()                                                            # and the watchdog holds over TLS too
+    with pytest.raises(D.DownloadError, match='did not answer in time'):
+        D.untar_data(base + 'headdrip/ds.tgz', dest=tmp_path/'other', timeout=1, show_progress=False)
+    assert time.monotonic() - t0 < 4
