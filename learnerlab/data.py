@@ -11,7 +11,7 @@ __all__ = ['ARCHIVE_SUFFIXES', 'STALL_BYTES', 'MAX_MEMBERS', 'MAX_SIZE', 'MAX_RA
            'extract_archive', 'untar_data', 'find_splits', 'load_rgb', 'train_transforms', 'valid_transforms',
            'per_class_subset', 'default_num_workers', 'get_data', 'fashion_mnist_sample', 'get_fashion_sample']
 
-# %% ../nbs/07_data.ipynb #c962e5c4
+# %% ../nbs/07_data.ipynb #6a89f50b
 import hashlib, http.client, os, re, shutil, socket, tarfile, tempfile, threading, time, urllib.error, urllib.request, zlib
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 import learnerlab
 from .learner import DataLoaders
 
-# %% ../nbs/07_data.ipynb #5c7cf253
+# %% ../nbs/07_data.ipynb #07a3e86d
 class URLs:
     "Official archive URLs of fast.ai's Imagenette and Imagewoof data sets (v2 splits)."
     S3_IMAGECLAS = 'https://s3.amazonaws.com/fast-ai-imageclas/'
@@ -35,7 +35,7 @@ class URLs:
     IMAGEWOOF_160 = S3_IMAGECLAS + 'imagewoof2-160.tgz'
     IMAGEWOOF_320 = S3_IMAGECLAS + 'imagewoof2-320.tgz'
 
-# %% ../nbs/07_data.ipynb #5252d206
+# %% ../nbs/07_data.ipynb #a6be10a6
 def data_dir(dest=None):
     "The folder data sets are extracted into: `dest`, else `$LEARNERLAB_DATA`, else `~/.learnerlab/data` (created)."
     path = dest if dest is not None else os.environ.get('LEARNERLAB_DATA') or Path.home()/'.learnerlab'/'data'
@@ -44,7 +44,7 @@ def data_dir(dest=None):
     path.mkdir(parents=True, exist_ok=True)
     return path
 
-# %% ../nbs/07_data.ipynb #a0fc5a5b
+# %% ../nbs/07_data.ipynb #d64c5c25
 ARCHIVE_SUFFIXES = ('.tar.gz', '.tgz', '.tar.bz2', '.tbz2', '.tar.xz', '.txz', '.tar')
 
 def archive_name(url_or_path):
@@ -54,7 +54,7 @@ def archive_name(url_or_path):
         if name.lower().endswith(suffix) and len(name) > len(suffix): return name[:-len(suffix)]
     raise ValueError(f"url_or_path must name a tar archive ({', '.join(ARCHIVE_SUFFIXES)}), got {str(url_or_path)!r}")
 
-# %% ../nbs/07_data.ipynb #7220cd25
+# %% ../nbs/07_data.ipynb #22d3a78b
 class DownloadError(OSError):
     "A download that failed, stalled, ran past its deadline or stopped early."
 
@@ -88,7 +88,7 @@ def check_file(path, size=None, sha256=None, source=None):
                                   f"expected one; {_redo_hint(source)}")
     return path
 
-# %% ../nbs/07_data.ipynb #6694aa7b
+# %% ../nbs/07_data.ipynb #96f32c34
 def _temp_prefix(name):
     "The start of a temporary name for `name`, recording this host and process."
     return f'.{name}.{socket.gethostname()}-{os.getpid()}.'
@@ -110,7 +110,7 @@ def _remove_stale_temps(folder, name):
         if p.is_dir() and not p.is_symlink(): shutil.rmtree(p, ignore_errors=True)
         else: p.unlink(missing_ok=True)
 
-# %% ../nbs/07_data.ipynb #f5b6980b
+# %% ../nbs/07_data.ipynb #874ffebd
 STALL_BYTES = 1024
 
 def _check_seconds(v, name, allow_none=False):
@@ -182,6 +182,26 @@ def _stream(resp, f, url, total, show_progress, timeout, chunk=1 << 20):
     if bar is not None: bar.on_iter_end()
     return got
 
+def _fetch(url, f, show_progress, timeout, deadline):
+    "Stream `url` into the open file `f` under a watchdog; return (bytes received, the Content-Length or 0)."
+    dog, start = _Watchdog(), time.monotonic()
+    try:
+        dog.arm(timeout if deadline is None else min(timeout, deadline), 'timeout' if deadline is None or timeout < deadline else 'deadline')
+        with _watched_opener(dog).open(url, timeout=timeout) as resp:
+            if deadline is None: dog.disarm()
+            else: dog.arm(deadline - (time.monotonic() - start), 'deadline')
+            total = int(resp.headers.get('Content-Length') or 0)
+            got = _stream(resp, f, url, total, show_progress, timeout)
+    except DownloadError: raise
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+        timed_out = isinstance(e, TimeoutError) or isinstance(getattr(e, 'reason', None), TimeoutError)
+        if dog.fired or timed_out: raise _expired(url, dog.fired or 'timeout', timeout, deadline) from e
+        raise DownloadError(f"could not download {url}: {e}. Check the URL and the network, or download "
+                            f"the archive yourself and pass its local path instead") from e
+    finally: dog.disarm()
+    if dog.fired: raise _expired(url, dog.fired, timeout, deadline)   # a shut socket can look like a normal end
+    return got, total
+
 def download_url(url, dest, size=None, sha256=None, show_progress=True, timeout=30, deadline=None):
     "Download `url` to the file `dest` through a temp file within `timeout`/`deadline` seconds; check length, `size` and `sha256`; return `dest`."
     _check_seconds(timeout, 'timeout'); _check_seconds(deadline, 'deadline', allow_none=True)
@@ -189,33 +209,17 @@ def download_url(url, dest, size=None, sha256=None, show_progress=True, timeout=
     dest.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(dest.parent, dest.name)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(dest.name), suffix='.part', dir=dest.parent)
-    dog, start = _Watchdog(), time.monotonic()
     try:
-        with os.fdopen(fd, 'wb') as f:
-            try:
-                dog.arm(timeout if deadline is None else min(timeout, deadline), 'timeout' if deadline is None or timeout < deadline else 'deadline')
-                with _watched_opener(dog).open(url, timeout=timeout) as resp:
-                    if deadline is None: dog.disarm()
-                    else: dog.arm(deadline - (time.monotonic() - start), 'deadline')
-                    total = int(resp.headers.get('Content-Length') or 0)
-                    got = _stream(resp, f, url, total, show_progress, timeout)
-            except DownloadError: raise
-            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
-                timed_out = isinstance(e, TimeoutError) or isinstance(getattr(e, 'reason', None), TimeoutError)
-                if dog.fired or timed_out: raise _expired(url, dog.fired or 'timeout', timeout, deadline) from e
-                raise DownloadError(f"could not download {url}: {e}. Check the URL and the network, or download "
-                                    f"the archive yourself and pass its local path instead") from e
-        if dog.fired: raise _expired(url, dog.fired, timeout, deadline)
+        with os.fdopen(fd, 'wb') as f: got, total = _fetch(url, f, show_progress, timeout, deadline)
         if total and got != total:
             raise DownloadError(f"download of {url} stopped after {got:,} of {total:,} bytes: try again")
         check_file(tmp, size, sha256, source=url)
         os.replace(tmp, dest)
     finally:
-        dog.disarm()
         if os.path.exists(tmp): os.remove(tmp)
     return dest
 
-# %% ../nbs/07_data.ipynb #8ea9f421
+# %% ../nbs/07_data.ipynb #5cc1a136
 MAX_MEMBERS, MAX_SIZE, MAX_RATIO = 500_000, 64 << 30, 100
 
 def _check_filters():
@@ -286,7 +290,7 @@ def extract_archive(archive, dest, replace=False, max_members=MAX_MEMBERS, max_s
         if tmp.exists(): shutil.rmtree(tmp)
     return dest
 
-# %% ../nbs/07_data.ipynb #a22c7f39
+# %% ../nbs/07_data.ipynb #926426b6
 def untar_data(url, dest=None, size=None, sha256=None, force=False, show_progress=True, timeout=30, deadline=None,
                max_members=MAX_MEMBERS, max_size=MAX_SIZE, max_ratio=MAX_RATIO):
     "Download (or take the local archive) `url`, check it, extract it into `data_dir(dest)`; return the folder."
@@ -308,7 +312,7 @@ def untar_data(url, dest=None, size=None, sha256=None, force=False, show_progres
     finally:
         if os.path.exists(tmp): os.remove(tmp)
 
-# %% ../nbs/07_data.ipynb #3825cea1
+# %% ../nbs/07_data.ipynb #560d8e5a
 VALID_NAMES = ('val', 'valid', 'validation', 'test')
 
 def find_splits(path):
@@ -322,14 +326,14 @@ def find_splits(path):
                                 f"sub-folder per class; found folders {found}")
     return path/'train', valid
 
-# %% ../nbs/07_data.ipynb #1ee65df0
+# %% ../nbs/07_data.ipynb #dea2152c
 def load_rgb(path):
     "Open the image at `path` as an RGB `PIL.Image` (greyscale and palette images converted)."
     with open(path, 'rb') as f:
         img = Image.open(f)
         return img.convert('RGB')
 
-# %% ../nbs/07_data.ipynb #fb5f455f
+# %% ../nbs/07_data.ipynb #95ccca50
 IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 def _check_size(v, name):
@@ -350,7 +354,7 @@ def valid_transforms(resize, mean=IMAGENET_STATS[0], std=IMAGENET_STATS[1]):
     return v2.Compose([v2.ToImage(), v2.Resize(resize, antialias=True), v2.CenterCrop(resize),
                        v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
-# %% ../nbs/07_data.ipynb #37f4e210
+# %% ../nbs/07_data.ipynb #e66a1a9b
 def per_class_subset(ds, n):
     "`ds` (an `ImageFolder`) limited to the first `n` items of each class, as a `torch.utils.data.Subset`; `n=None` keeps all."
     if n is None: return ds
@@ -360,13 +364,13 @@ def per_class_subset(ds, n):
         if counts.get(t, 0) < n: keep.append(i); counts[t] = counts.get(t, 0) + 1
     return torch.utils.data.Subset(ds, keep)
 
-# %% ../nbs/07_data.ipynb #e60483f6
+# %% ../nbs/07_data.ipynb #86065f14
 def default_num_workers():
     "Worker processes for image loading: one less than the CPU count, at least 0, at most 8."
     n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     return max(0, min(8, n - 1))
 
-# %% ../nbs/07_data.ipynb #4f39d58b
+# %% ../nbs/07_data.ipynb #64b77fd2
 def _image_folder_path(url_or_path, dest):
     "A folder of images from a URL, an archive file or a folder."
     if _is_url(url_or_path): return untar_data(url_or_path, dest)
@@ -395,7 +399,7 @@ def get_data(url_or_path, presize, resize, bs=128, mean=None, std=None, min_scal
     dls.vocab, dls.path = classes, train_dir.parent
     return dls
 
-# %% ../nbs/07_data.ipynb #33a45aa6
+# %% ../nbs/07_data.ipynb #e2874991
 SAMPLE_DIR = Path(learnerlab.__file__).resolve().parent/'samples'
 FASHION_SAMPLE = SAMPLE_DIR/'fashion_mnist_sample.tgz'
 FASHION_SAMPLE_SHA256 = 'bc0e967ace36a5703fe591863f8d38e5fb40701b1d2f4a749d5775cb9db69a54'
@@ -407,7 +411,7 @@ def fashion_mnist_sample(dest=None):
     if not FASHION_SAMPLE.is_file(): raise FileNotFoundError(f"the packaged sample {FASHION_SAMPLE} is missing: reinstall learnerlab")
     return untar_data(FASHION_SAMPLE, dest, sha256=FASHION_SAMPLE_SHA256)
 
-# %% ../nbs/07_data.ipynb #e1970733
+# %% ../nbs/07_data.ipynb #c223cfd5
 def get_fashion_sample(size=32, bs=64, min_scale=0.75, dest=None, **kwargs):
     "`get_data` on the packaged Fashion-MNIST sample at `size` pixels: 2,500 training and 500 validation images."
     return get_data(fashion_mnist_sample(dest), size, size, bs, mean=FASHION_STATS[0], std=FASHION_STATS[1],
