@@ -6,10 +6,10 @@ Docs: https://learnerlab.github.io/learnerlab/training_process.html.md"""
 
 # %% auto #0
 __all__ = ['DATA_CHOICES', 'EXPERIMENTS', 'ARCHS', 'chapter_data', 'chapter_learner', 'result_row', 'results_table',
-           'plot_losses', 'plot_schedules', 'run_experiment', 'chapter_parser', 'main']
+           'plot_losses', 'plot_schedules', 'run_experiment', 'run_main']
 
-# %% ../nbs/10_training_process.ipynb #1a92ed35
-import argparse, math, os, random, sys, time
+# %% ../nbs/10_training_process.ipynb #8614fcb2
+import math, os, random, sys, time
 from functools import partial
 from pathlib import Path
 
@@ -25,34 +25,35 @@ from .data import URLs, get_data, get_fashion_sample
 from .vision import cnn_learner, resnet18, resnet34, resnet50
 from .distributed import setup_distrib, teardown_distrib, rank0_first, rank_distrib
 
-# %% ../nbs/10_training_process.ipynb #4aeeb7d2
+# %% ../nbs/10_training_process.ipynb #542bc7dc
 DATA_CHOICES = {'imagenette-160': URLs.IMAGENETTE_160, 'imagenette-320': URLs.IMAGENETTE_320, 'imagenette': URLs.IMAGENETTE,
                 'imagewoof-160': URLs.IMAGEWOOF_160, 'imagewoof-320': URLs.IMAGEWOOF_320, 'imagewoof': URLs.IMAGEWOOF}
 
-def chapter_data(data='sample', size=None, presize=None, bs=None, per_class=None, num_workers=None, dest=None):
+def chapter_data(data='sample', size=None, presize=None, bs=None, per_class=None, num_workers=None, dest=None,
+                 valid_per_class=None):
     "`DataLoaders` for the experiments: `'sample'`, an archive name from `DATA_CHOICES`, or a path (folder or archive)."
+    limits = dict(train_per_class=per_class, valid_per_class=valid_per_class)
     if data == 'sample':
-        return get_fashion_sample(size or 32, bs or 64, dest=dest, train_per_class=per_class, num_workers=num_workers)
+        return get_fashion_sample(size or 32, bs or 64, dest=dest, num_workers=num_workers, **limits)
     size = size or 128
     presize = presize or max(size, round(size * 1.25))
-    return get_data(DATA_CHOICES.get(data, data), presize, size, bs or 128, train_per_class=per_class,
-                    num_workers=num_workers, dest=dest)
+    return get_data(DATA_CHOICES.get(data, data), presize, size, bs or 128, num_workers=num_workers, dest=dest, **limits)
 
-# %% ../nbs/10_training_process.ipynb #27f321ee
+# %% ../nbs/10_training_process.ipynb #c141ea41
 def chapter_learner(dls, arch=resnet34, fp16=None, **kwargs):
     "The chapter's `get_learner`: `cnn_learner(dls, arch, pretrained=False, metrics=accuracy, **kwargs)`, fp16 on a GPU."
     learn = cnn_learner(dls, arch, pretrained=False, metrics=accuracy, **kwargs)
     if fp16 is None: fp16 = torch.device(dls.device).type == 'cuda'
     return learn.to_fp16() if fp16 else learn
 
-# %% ../nbs/10_training_process.ipynb #fbb3133c
+# %% ../nbs/10_training_process.ipynb #ab27323b
 def result_row(name, learn, seconds, epochs):
     "One row of the results table from a learner that has just been fitted."
     train_loss, valid_loss, acc = learn.recorder.final_record[:3]
     return dict(optimizer=name, epochs=epochs, train_loss=train_loss, valid_loss=valid_loss, accuracy=acc,
                 time=seconds, recorder=learn.recorder)
 
-# %% ../nbs/10_training_process.ipynb #fad74915
+# %% ../nbs/10_training_process.ipynb #dc1ddcf7
 def results_table(results):
     "A plain-text table: optimizer, epochs, final train/valid loss, accuracy and time of each result row."
     fmt = lambda v: 'n/a' if v is None or (isinstance(v, float) and not math.isfinite(v)) else f'{v:.4f}'
@@ -63,7 +64,7 @@ def results_table(results):
     line = lambda cells: '  '.join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     return '\n'.join([line(head), line(['-' * w for w in widths])] + [line(r) for r in rows])
 
-# %% ../nbs/10_training_process.ipynb #a43320ea
+# %% ../nbs/10_training_process.ipynb #b4e729c5
 def plot_losses(results, skip_start=5):
     "A `Figure` with the smoothed training loss of each result against the batch number."
     fig = Figure(figsize=(7, 4))
@@ -89,7 +90,7 @@ def plot_schedules(results):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/10_training_process.ipynb #1ffed7f8
+# %% ../nbs/10_training_process.ipynb #26ff3434
 EXPERIMENTS = {
     'adam':     dict(name='Adam (default)', opt_func=Adam, fit='fit_one_cycle', lr=3e-3, kwargs={}),
     'sgd':      dict(name='SGD, moms=(0,0,0)', opt_func=SGD, fit='fit_one_cycle', lr=0.03, kwargs=dict(moms=(0, 0, 0))),
@@ -114,50 +115,12 @@ def run_experiment(dls, key, epochs=1, arch=resnet18, fp16=None, seed=42, quiet=
         else: fit(epochs, exp['lr'], **exp['kwargs'])
     return result_row(exp['name'], learn, time.time() - t0, epochs)
 
-# %% ../nbs/10_training_process.ipynb #65e8b2bd
+# %% ../nbs/10_training_process.ipynb #ff372592
 ARCHS = {'resnet18': resnet18, 'resnet34': resnet34, 'resnet50': resnet50}
 
-def chapter_parser():
-    "The `argparse` parser of `learnerlab-chapter`."
-    p = argparse.ArgumentParser(prog='learnerlab-chapter',
-        description="Run the optimizer comparison of the chapter 'The Training Process' (Adam, SGD, the from-scratch "
-                    "Optimizer, momentum, RMSProp, Adam with L2) and print one results table; save loss and schedule plots.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--data', default='sample', help=f"'sample' (the Fashion-MNIST sample inside learnerlab, no network), "
-                   f"one of {', '.join(DATA_CHOICES)} (downloaded once into $LEARNERLAB_DATA or ~/.learnerlab/data), "
-                   f"or a PATH to a folder with train/ and val/ class folders or to such a .tgz archive")
-    p.add_argument('--optimizers', default=','.join(EXPERIMENTS), help=f"comma-separated experiments to run, from: {', '.join(EXPERIMENTS)}")
-    p.add_argument('--arch', choices=list(ARCHS), default=None, help="ResNet to train from scratch [default: resnet18 for the sample, resnet34 otherwise]")
-    p.add_argument('--epochs', type=int, default=None, help="epochs per experiment [default: 1 for the sample, 3 otherwise]")
-    p.add_argument('--size', type=int, default=None, help="image size in pixels after cropping [default: 32 for the sample, 128 otherwise]")
-    p.add_argument('--presize', type=int, default=None, help="size images are resized to before cropping [default: 1.25 x size]")
-    p.add_argument('--bs', type=int, default=None, help="batch size [default: 64 for the sample, 128 otherwise]")
-    p.add_argument('--per-class', type=int, default=None, help="use only the first N training images of each class (quick runs)")
-    p.add_argument('--fp16', choices=['auto', 'on', 'off'], default='auto', help="float16 mixed precision: auto = only on a GPU")
-    p.add_argument('--workers', type=int, default=None, help="DataLoader worker processes [default: CPU count - 1, at most 8]")
-    p.add_argument('--threads', type=int, default=None, help="torch CPU threads [default: torch's choice]")
-    p.add_argument('--seed', type=int, default=42, help="random seed, the same for every experiment")
-    p.add_argument('--out', default='chapter_out', help="folder for losses.png, schedules.png and results.txt")
-    p.add_argument('--quiet', action='store_true', help="no progress bars and no per-epoch tables, only the final table")
-    return p
-
-def _check_args(p, a):
-    "Errors (through the parser) for impossible option values."
-    keys = [k.strip() for k in a.optimizers.split(',') if k.strip()]
-    bad = [k for k in keys if k not in EXPERIMENTS]
-    if bad or not keys: p.error(f"--optimizers: unknown {bad or a.optimizers!r}; choose from {', '.join(EXPERIMENTS)}")
-    for name in ('epochs', 'size', 'presize', 'bs', 'per_class', 'threads'):
-        v = getattr(a, name)
-        if v is not None and v < 1: p.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-    if a.workers is not None and a.workers < 0: p.error(f"--workers must be >= 0, got {a.workers}")
-    return keys
-
-# %% ../nbs/10_training_process.ipynb #5eddb3e3
-def main(argv=None):
-    "Entry point of `learnerlab-chapter` / `python -m learnerlab`: run the experiments, print the table, save the plots."
-    p = chapter_parser()
-    a = p.parse_args(argv)
-    keys = _check_args(p, a)
+# %% ../nbs/10_training_process.ipynb #716221b7
+def run_main(p, a, keys):
+    "The job of `learnerlab-chapter`, given its parser `p`, parsed options `a` and experiment `keys`: run, print the table, save the plots."
     if a.threads: torch.set_num_threads(a.threads)
     sample = a.data == 'sample'
     arch = ARCHS[a.arch or ('resnet18' if sample else 'resnet34')]
@@ -171,7 +134,7 @@ def main(argv=None):
 def _run_main(p, a, keys, arch, epochs, fp16, is_main):
     "The body of `main`: data, experiments, table and plots (printed and written by the main process only)."
     say = print if is_main else (lambda *args, **kwargs: None)
-    try: dls = rank0_first(chapter_data, a.data, a.size, a.presize, a.bs, a.per_class, a.workers)
+    try: dls = rank0_first(chapter_data, a.data, a.size, a.presize, a.bs, a.per_class, a.workers, valid_per_class=a.valid_per_class)
     except (OSError, ValueError) as e: p.error(f"--data {a.data}: {e}")
     say(f"data: {a.data} ({len(dls.train.dataset)} training / {len(dls.valid.dataset)} validation images, {dls.c} classes), "
         f"arch: {arch.__name__}, epochs: {epochs}, device: {dls.device}")

@@ -13,7 +13,7 @@ import fastcore.test as fct
 from learnerlab import data as D
 from learnerlab.vision import vision_learner, resnet18
 from learnerlab.learner import accuracy
-from learnerlab.chapter import main
+from learnerlab.__main__ import main
 import learnerlab.schedule  # fit_one_cycle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,8 +84,9 @@ def test_main_job_on_an_image_folder(served, tmp_path, capsys):
     path = D.untar_data(url, dest=tmp_path/'data', sha256=digest, show_progress=False)
     out = tmp_path/'out'
     rc = main(['--data', str(path), '--optimizers', 'adam', '--arch', 'resnet18', '--size', '64', '--epochs', '1',
-               '--bs', '32', '--workers', '0', '--quiet', '--out', str(out)])
+               '--bs', '32', '--per-class', '16', '--valid-per-class', '4', '--workers', '0', '--quiet', '--out', str(out)])
     fct.test_eq(rc, 0)
     printed = capsys.readouterr().out
-    assert 'optimizer' in printed and 'Adam (default)' in printed and '10 classes' in printed, printed
+    assert '(160 training / 40 validation images, 10 classes)' in printed, printed    # both splits limited
+    assert 'optimizer' in printed and 'Adam (default)' in printed, printed
     fct.test_eq(sorted(p.name for p in out.iterdir()), ['losses.png', 'results.txt', 'schedules.png'])
