@@ -13,9 +13,6 @@ __all__ = ['SIGNALS', 'PATH_OPTIMIZERS', 'PATH_DEFAULT_LRS', 'PATH_COLORS', 'che
 # %% ../nbs/02_widgets.ipynb #b8f9dc1d
 import io, math, random
 import torch
-import ipywidgets as widgets
-from matplotlib.figure import Figure
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from .optimizer import SGD, RMSProp, Adam
 from .schedule import combined_cos
 
@@ -77,6 +74,7 @@ def figure_png(
     dpi=80,  # dots per inch of the picture
 ):
     "The PNG bytes of the matplotlib figure `fig`."
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     if fig.canvas is None or not hasattr(fig.canvas, 'print_png'): FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format='png', dpi=dpi)
@@ -86,6 +84,9 @@ def figure_png(
 class Explorer:
     "Base of the explorers: `controls` whose changes call `redraw`, which redraws `fig` and the `image` widget."
     def __init__(self, controls, figsize=(8, 4)):
+        import ipywidgets as widgets
+        from matplotlib.figure import Figure
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
         self.controls = list(controls)
         self.fig = Figure(figsize=figsize, layout='constrained')
         FigureCanvasAgg(self.fig)
@@ -99,6 +100,7 @@ class Explorer:
 
     def panel(self):
         "The widget that holds the controls, left of the figure: a column of them (subclasses may group them)."
+        import ipywidgets as widgets
         return widgets.VBox(self.controls)
 
     def draw(self, fig):
@@ -124,6 +126,7 @@ class Explorer:
 class EwmaExplorer(Explorer):
     "Raw values, their EWMA and the debiased EWMA, with controls `beta`, `signal` and `n`."
     def __init__(self, beta=0.9, signal='noisy', n=100, seed=0):
+        import ipywidgets as widgets
         check_beta(beta)
         make_signal(signal, n)
         self.seed = seed
@@ -210,6 +213,7 @@ def lr_steps(
 class OptimizerPathExplorer(Explorer):
     "Paths of SGD, SGD with momentum, RMSProp and Adam on `loss_fn`, with a learning rate per optimizer and shared hypers."
     def __init__(self, start=(-4.5, 1.), steps=50, mom=0.9, sqr_mom=0.99, eps=1e-5, lrs=None, loss_fn=canyon):
+        import ipywidgets as widgets
         check_beta(mom, 'mom'); check_beta(sqr_mom, 'sqr_mom')
         lrs = {**PATH_DEFAULT_LRS, **(lrs or {})}
         unknown = set(lrs) - set(PATH_OPTIMIZERS)
@@ -229,6 +233,7 @@ class OptimizerPathExplorer(Explorer):
 
     def panel(self):
         "A row per optimizer (its tick box in its colour and its `lr`), then a separate box of the shared sliders."
+        import ipywidgets as widgets
         from matplotlib.colors import to_hex
         def row(n):
             swatch = widgets.HTML(f'<span style="color:{to_hex(PATH_COLORS[n])};font-size:1.4em" title="{n}">&#9632;</span>',
@@ -308,6 +313,7 @@ def one_cycle_curves(
 class ScheduleExplorer(Explorer):
     "One-cycle learning rate and momentum curves, with sliders `lr_max`, `div`, `div_final`, `pct_start` and `moms`."
     def __init__(self, lr_max=1e-3, div=25., div_final=1e5, pct_start=0.25, moms=(0.95, 0.85, 0.95)):
+        import ipywidgets as widgets
         one_cycle_curves(lr_max, div, div_final, pct_start, moms)
         self.lr_max = widgets.FloatLogSlider(value=lr_max, base=10, min=-5, max=0, step=0.1, readout_format='.2g', description='lr_max')
         self.div = widgets.FloatSlider(value=div, min=1., max=100., step=1., description='div')
@@ -319,6 +325,7 @@ class ScheduleExplorer(Explorer):
 
     def panel(self):
         "The sliders in a column; `moms` shows both ends in a readout of its own (a range slider's own readout is too narrow)."
+        import ipywidgets as widgets
         return widgets.VBox(self.controls[:-1] + [widgets.HBox([self.moms, self.moms_readout])])
 
     @property
