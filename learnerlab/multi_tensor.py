@@ -7,14 +7,14 @@ Docs: https://learnerlab.github.io/learnerlab/multi_tensor.html.md"""
 # %% auto #0
 __all__ = ['register_multi_tensor']
 
-# %% ../nbs/01a_multi_tensor.ipynb #6479a668
+# %% ../nbs/01a_multi_tensor.ipynb #08ec75e7
 import math, operator
 from functools import partial
 import torch
 from .optimizer import (debias, sgd_step, weight_decay, l2_reg, average_grad, average_sqr_grad, step_stat,
                                   momentum_step, rms_prop_step, adam_step)
 
-# %% ../nbs/01a_multi_tensor.ipynb #61a5be29
+# %% ../nbs/01a_multi_tensor.ipynb #8700ab27
 def _private_torch():
     "PyTorch's fused optimizer kernels and the device types they support; `(None, set())` where this PyTorch lacks them."
     try:
@@ -30,15 +30,16 @@ def _view_base(t):
     "The tensor `t` is a view of, or None (`Tensor._base`)."
     return getattr(t, '_base', None)
 
-# %% ../nbs/01a_multi_tensor.ipynb #effe49ea
-def _by_device_and_dtype(ps):
-    "`({(device, dtype): (params, grads)}, leftovers)`: `ps` grouped for list operations, and those that cannot be (sparse or mismatched gradients)."
+# %% ../nbs/01a_multi_tensor.ipynb #b44bef61
+def _by_device_and_dtype(ps, states):
+    "`({(device, dtype): (params, grads, states)}, leftovers)`: `ps` (with their `states`) grouped for list operations, and those that cannot be (sparse or mismatched gradients)."
     groups, leftovers = {}, []
-    for p in ps:
+    for p, s in zip(ps, states):
         g = p.grad
         if g.is_sparse or g.dtype != p.dtype: leftovers.append(p); continue
-        sub = groups.setdefault((p.device, p.dtype), ([], []))
-        sub[0].append(p); sub[1].append(g)
+        sub = groups.get((p.device, p.dtype))
+        if sub is None: sub = groups[(p.device, p.dtype)] = ([], [], [])
+        sub[0].append(p); sub[1].append(g); sub[2].append(s)
     return groups, leftovers
 
 def _gather(states, names):
@@ -55,7 +56,7 @@ def _scatter(state, ps, states, st, before):
             if s is None: s = states[i] = state[ps[i]] = {}
             s[n] = v
 
-# %% ../nbs/01a_multi_tensor.ipynb #24840adc
+# %% ../nbs/01a_multi_tensor.ipynb #1a4a8c97
 def _fill(lst, like, make):
     "Replace each `None` in `lst` by `make(t)` for the matching tensor `t` of `like`."
     for i, v in enumerate(lst):
@@ -119,7 +120,7 @@ def _mt_adam_step(ps, grads, st, hyper):
     torch._foreach_add_(denom, hyper['eps'])
     torch._foreach_addcdiv_(ps, st['grad_avg'], denom, [-lr / debias(mom, s) for s in steps])
 
-# %% ../nbs/01a_multi_tensor.ipynb #029a7d16
+# %% ../nbs/01a_multi_tensor.ipynb #8b436378
 _MULTI_TENSOR = {}
 
 def register_multi_tensor(cb, form, state_names=()):
@@ -141,7 +142,7 @@ def _registered(cb):
     except TypeError: return None   # an unhashable callable
     return None if entry is None else (partial(entry[0], **kw) if kw else entry[0], entry[1])
 
-# %% ../nbs/01a_multi_tensor.ipynb #cb929ca2
+# %% ../nbs/01a_multi_tensor.ipynb #018ba656
 def _fused_sgd(ps, grads, st, hyper, decouple_wd, momentum):
     lr, wd = hyper['lr'], hyper['wd']
     if decouple_wd and wd != 0: torch._foreach_mul_(ps, 1 - lr * wd)
