@@ -8,7 +8,7 @@ Docs: https://learnerlab.github.io/learnerlab/optimizer_impl.html.md"""
 __all__ = ['CHUNK_BYTES', 'NotElementwise', 'TensorList', 'PerParameterWarning', 'foreach_plan', 'foreach_step', 'fused_step',
            'compile_cache', 'compiled_step', 'compile_error', 'choose_strategy']
 
-# %% ../nbs/01b_optimizer_impl.ipynb #8f1dc792
+# %% ../nbs/01b_optimizer_impl.ipynb #16cd80ff
 import sys, warnings
 from functools import partial
 import torch
@@ -16,7 +16,7 @@ from .optimizer import loop_step, check_hypers, _call, _cb_name, _update
 from .multi_tensor import (_FUSED_KERNELS, _FUSED_DEVICES, _FUSED_DTYPES, _FUSED, _by_device_and_dtype, _gather,
                                      _scatter, _registered)
 
-# %% ../nbs/01b_optimizer_impl.ipynb #27ef913b
+# %% ../nbs/01b_optimizer_impl.ipynb #98b0b08e
 class _RefProbe:
     def __add__(self, other): return _refs(self, sys.getrefcount(self))   # the same call shape as TensorList's operators
 def _refs(obj, n): return n
@@ -35,7 +35,7 @@ def _operand(o):
 _UNARY = ('sqrt', 'neg', 'abs', 'exp', 'log', 'sign', 'reciprocal', 'sigmoid', 'tanh', 'zero')
 _LIKE = ('zeros_like', 'ones_like', 'empty_like', 'full_like', 'clone', 'detach')
 
-# %% ../nbs/01b_optimizer_impl.ipynb #ce803ce6
+# %% ../nbs/01b_optimizer_impl.ipynb #48f7ee5a
 class TensorList:
     "A list of tensors that an elementwise callback can use as one tensor: each operation is one `torch._foreach_*` call."
     def __init__(self, ts, grad=None, temp=False): self.ts, self._grad, self._temp = list(ts), grad, temp
@@ -117,14 +117,14 @@ class TensorList:
             return getattr(args[0], name)(*args[1:], **kwargs)
         raise NotElementwise(f"torch.{name}")
 
-# %% ../nbs/01b_optimizer_impl.ipynb #22ca0568
+# %% ../nbs/01b_optimizer_impl.ipynb #1ce47470
 def _binary(tl, name, other, refs):
     "`tl <op> other` for a Python operator; in place when `tl` is an unnamed intermediate result (`refs` references) nobody else holds."
     inplace = tl._temp and refs <= _TEMP_REFS
     if name in ('add', 'sub'): return tl._add(other, sub=name == 'sub', inplace=inplace)
     return tl._apply(name, _operand(other), inplace=inplace)
 
-# %% ../nbs/01b_optimizer_impl.ipynb #78851bbf
+# %% ../nbs/01b_optimizer_impl.ipynb #0e21bb7b
 class PerParameterWarning(UserWarning):
     "Warned once when an optimizer's callback chain has to run on the (slow) per-parameter loop."
 
@@ -162,7 +162,7 @@ def _run_plan(plan, ps, grads, st, hyper):
         if not isinstance(new, dict): _update({}, new, form)   # raises the loop's error
         for k, v in new.items(): st[k] = _from_list(v, len(ps), form)
 
-# %% ../nbs/01b_optimizer_impl.ipynb #9a20be11
+# %% ../nbs/01b_optimizer_impl.ipynb #236b5f85
 def _twin(p):
     "A detached copy of parameter `p` with a copy of its gradient (same type, so the same compiled code applies)."
     t = p.detach().clone()
@@ -196,7 +196,7 @@ def _verify(cbs, plan, ps, state, hyper, n=4):
         if set(sa) != set(sb) or not all(_same(sa[k], sb[k]) for k in sa): return "different state on lists of tensors"
     return None
 
-# %% ../nbs/01b_optimizer_impl.ipynb #b747bdad
+# %% ../nbs/01b_optimizer_impl.ipynb #da32c9fa
 CHUNK_BYTES = 4 << 20
 
 def _chunk_ends(ps, limit):
@@ -258,7 +258,7 @@ def _give_up(cbs, ps, state, hyper, plan, reason):
     plan['failed'] = True
     loop_step(cbs, ps, state, hyper)
 
-# %% ../nbs/01b_optimizer_impl.ipynb #9f1dd771
+# %% ../nbs/01b_optimizer_impl.ipynb #0977a898
 def fused_step(cbs, ps, state, hyper, kernel, decouple_wd=True, fallback=None):
     "Run PyTorch's fused `kernel` ('sgd', 'sgd_mom' or 'adam') on the lists of `ps` per device and dtype (the fused strategy)."
     run, names = _FUSED[kernel]
@@ -274,7 +274,7 @@ def fused_step(cbs, ps, state, hyper, kernel, decouple_wd=True, fallback=None):
         _scatter(state, sub, states, st, before)
     if leftovers: loop_step(cbs, leftovers, state, hyper)
 
-# %% ../nbs/01b_optimizer_impl.ipynb #66c71a34
+# %% ../nbs/01b_optimizer_impl.ipynb #a8bacba8
 def _keep_state(state, new, cb):
     "Update `state` from callback `cb`'s result `new`, writing a new tensor into the existing one when it fits."
     if new is None: return
@@ -322,7 +322,7 @@ def compile_error(opt):
     cache = getattr(opt._strategy, 'keywords', {}).get('cache')
     return None if cache is None else cache['error']
 
-# %% ../nbs/01b_optimizer_impl.ipynb #14736048
+# %% ../nbs/01b_optimizer_impl.ipynb #49335863
 def choose_strategy(cbs, impl='auto', fused=None):
     "The strategy `(cbs, ps, state, hyper)` that runs chain `cbs` for `impl`; `fused` is the optimizer's declared kernel, if any."
     if impl == 'loop': return loop_step
