@@ -11,8 +11,11 @@ __all__ = []
 from functools import partial
 import torch
 from torch import nn
-from . import optimizer, widgets, callback, learner, schedule, training, speed, data, vision, distributed
+from . import optimizer, multi_tensor, optim_impl, optim_extra, widgets, callback, learner, schedule, training, speed, data, vision, distributed
 from .optimizer import *
+from .multi_tensor import *
+from .optim_impl import *
+from .optim_extra import *
 from .widgets import *
 from .callback import *
 from .learner import *
@@ -24,6 +27,6 @@ from .vision import *
 from .distributed import *
 
 # %% ../nbs/11_all.ipynb #12b14feb
-__all__ = ['partial', 'torch', 'nn', *optimizer.__all__, *widgets.__all__, *callback.__all__, *learner.__all__,
+__all__ = ['partial', 'torch', 'nn', *optimizer.__all__, *multi_tensor.__all__, *optim_impl.__all__, *optim_extra.__all__, *widgets.__all__, *callback.__all__, *learner.__all__,
            *schedule.__all__, *training.__all__, *speed.__all__, *data.__all__, *vision.__all__,
            *distributed.__all__]

@@ -1,9 +1,10 @@
-"""learnerlab.optimizer against torch.optim: same parameters after 100 steps, on every execution path.
+"""learnerlab's optimizers against torch.optim: same parameters after 100 steps, on every execution strategy.
 
 Property tests (hypothesis) draw shapes, parameter groups and hyper-parameters; each learnerlab optimizer
-runs on its fused path, its multi-tensor path (`use_fused=False`) and the chapter's per-parameter loop
-(callbacks hidden from the multi-tensor registry), on the same fixed random gradients as the torch.optim
-optimizer with the matching settings. Then the bad-input errors, state round trips and freezing.
+runs with every `impl` that can run its chain ('loop', 'foreach', 'fused' where it declares a kernel,
+'auto', and 'compile' with fewer examples where torch.compile can build CPU code), on the same fixed random
+gradients as the torch.optim optimizer with the matching settings. Then the bad-input errors, state round
+trips, freezing and weight-decay exclusion.
 """
 import io, math, warnings
 from functools import partial
@@ -13,17 +14,24 @@ import torch
 import fastcore.test as fct
 from hypothesis import given, settings, strategies as st, HealthCheck
 
-from learnerlab.optimizer import (Optimizer, SGD, RMSProp, Adam, RAdam, QHAdam, LAMB, Larc, Lookahead, ranger,
-                                  OptimWrapper, PerParameterWarning, sgd_step, average_grad, momentum_step)
+from learnerlab.optimizer import Optimizer, SGD, RMSProp, Adam, sgd_step, average_grad, momentum_step, norm_bias_params
+from learnerlab.optim_impl import PerParameterWarning, compile_error
+from learnerlab.optim_extra import RAdam, QHAdam, LAMB, Larc, Lookahead, ranger, OptimWrapper
 
 N_STEPS = 100
-PATHS = ('fused', 'multi', 'loop')
+FUSED_PATHS = ('fused', 'foreach', 'loop', 'auto')   # optimizers that declare a fused kernel
+PATHS = ('foreach', 'loop', 'auto')
 prop_settings = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _hide(cb):
-    "A plain function calling `cb`: not in the multi-tensor registry, so the chain runs per parameter."
-    return lambda p, **kw: cb(p, **kw)
+def _inductor_works():
+    "Can torch.compile build CPU code on this machine at all (a C++ compiler and its headers)?"
+    try: return bool(torch.equal(torch.compile(lambda x: x * 2 + 1)(torch.ones(3)), torch.full((3,), 3.)))
+    except Exception: return False
+
+HAS_CXX = _inductor_works()
+compile_settings = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+needs_cxx = pytest.mark.skipif(not HAS_CXX, reason='torch.compile cannot build CPU code here (needs a C++ compiler)')
 
 
 def _make_groups(shapes_per_group, seed):
@@ -37,13 +45,11 @@ def _make_groups(shapes_per_group, seed):
 def _run_both(ll_func, ll_group_kw, torch_cls, torch_group_kw, shapes_per_group, path, seed=0, n_steps=N_STEPS):
     "Run learnerlab's and torch's optimizers on the same gradients for `n_steps`; return both sets of parameters."
     ll_groups, t_groups = _make_groups(shapes_per_group, seed)
-    opt = ll_func([{'params': ps, **kw} for ps, kw in zip(ll_groups, ll_group_kw)])
-    if path == 'multi': opt.use_fused = False
-    if path == 'loop': opt.cbs = [_hide(cb) for cb in opt.cbs]
+    opt = ll_func([{'params': ps, **kw} for ps, kw in zip(ll_groups, ll_group_kw)], impl=path)
     topt = torch_cls([{'params': ps, **kw} for ps, kw in zip(t_groups, torch_group_kw)])
     g = torch.Generator().manual_seed(seed + 1)
     with warnings.catch_warnings():
-        warnings.simplefilter('ignore', PerParameterWarning)
+        warnings.simplefilter('error', PerParameterWarning)   # built-in chains never need the loop's fallback
         for _ in range(n_steps):
             for ps, tps in zip(ll_groups, t_groups):
                 for p, tp in zip(ps, tps):
@@ -65,11 +71,11 @@ wds = st.sampled_from([0., 1e-3, 0.1])
 moms = st.floats(0.5, 0.95)
 sqr_moms = st.floats(0.9, 0.999)
 epss = st.sampled_from([1e-8, 1e-5, 1e-3])
-paths = st.sampled_from(PATHS)
+paths, fused_paths = st.sampled_from(PATHS), st.sampled_from(FUSED_PATHS)
 
 
 @prop_settings
-@given(groups_of_shapes, st.data(), paths)
+@given(groups_of_shapes, st.data(), fused_paths)
 def test_sgd_matches_torch(shapes, data, path):
     "Plain SGD with L2 weight decay (what torch calls weight_decay), several groups."
     hp = [dict(lr=data.draw(lrs), wd=data.draw(wds)) for _ in shapes]
@@ -79,7 +85,7 @@ def test_sgd_matches_torch(shapes, data, path):
 
 
 @prop_settings
-@given(groups_of_shapes, st.data(), paths)
+@given(groups_of_shapes, st.data(), fused_paths)
 def test_sgd_momentum_matches_torch(shapes, data, path):
     "SGD with momentum (undamped) and L2 weight decay."
     mom = data.draw(moms)
@@ -103,7 +109,7 @@ def test_rmsprop_matches_torch(shapes, data, path, mom):
 
 
 @prop_settings
-@given(groups_of_shapes, st.data(), paths)
+@given(groups_of_shapes, st.data(), fused_paths)
 def test_adam_l2_matches_torch_adam(shapes, data, path):
     "Adam with decouple_wd=False is torch.optim.Adam with weight_decay."
     mom, sqr_mom, eps = data.draw(moms), data.draw(sqr_moms), data.draw(epss)
@@ -115,7 +121,7 @@ def test_adam_l2_matches_torch_adam(shapes, data, path):
 
 
 @prop_settings
-@given(groups_of_shapes, st.data(), paths)
+@given(groups_of_shapes, st.data(), fused_paths)
 def test_adamw_matches_torch_adamw(shapes, data, path):
     "Adam with decoupled weight decay (the default) is torch.optim.AdamW."
     mom, sqr_mom, eps = data.draw(moms), data.draw(sqr_moms), data.draw(epss)
@@ -141,15 +147,14 @@ def test_radam_matches_torch_radam(shapes, data, path):
 @pytest.mark.parametrize('opt_func', [partial(QHAdam, lr=0.01, wd=0.1), partial(LAMB, lr=0.01, wd=0.1),
                                       partial(Larc, lr=0.1, wd=0.01), partial(Larc, lr=0.1, mom=0., clip=False)])
 def test_other_optimizers_fast_path_matches_loop(opt_func):
-    "QHAdam, LAMB, LARC/LARS: the multi-tensor path (no warning) gives the per-parameter loop's numbers."
+    "QHAdam, LAMB, LARC/LARS: the multi-tensor strategy (no warning) gives the per-parameter loop's numbers."
     out = []
-    for path in ('fused', 'loop'):
+    for path in ('foreach', 'loop'):
         groups, _ = _make_groups([[(4, 3), (3,)], [(5,)]], seed=7)
-        opt = opt_func([{'params': ps} for ps in groups])
-        if path == 'loop': opt.cbs = [_hide(cb) for cb in opt.cbs]
+        opt = opt_func([{'params': ps} for ps in groups], impl=path)
         g = torch.Generator().manual_seed(8)
         with warnings.catch_warnings():
-            warnings.simplefilter('error' if path == 'fused' else 'ignore', PerParameterWarning)
+            warnings.simplefilter('error', PerParameterWarning)
             for _ in range(30):
                 for p in (p for ps in groups for p in ps): p.grad = torch.randn(p.shape, generator=g)
                 opt.step()
@@ -210,13 +215,11 @@ def test_chapter_code_verbatim_trains():
 
 
 def test_paths_give_same_state():
-    "Fused, multi-tensor and per-parameter paths leave the same state names and values."
+    "Every strategy leaves the same state names and values."
     sds = []
-    for path in PATHS:
+    for path in FUSED_PATHS + (('compile',) if HAS_CXX else ()):
         groups, _ = _make_groups([[(3, 2), (4,)], [(5,)]], seed=3)
-        opt = Adam([{'params': ps} for ps in groups], lr=0.01)
-        if path == 'multi': opt.use_fused = False
-        if path == 'loop': opt.cbs = [_hide(cb) for cb in opt.cbs]
+        opt = Adam([{'params': ps} for ps in groups], lr=0.01, impl=path)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', PerParameterWarning)
             for i in range(4):
@@ -328,7 +331,7 @@ def test_frozen_group_gets_no_step_and_no_weight_decay():
 
 
 def test_slow_path_warns_once_and_trains():
-    def my_sgd(p, lr, **kw): p.data.add_(p.grad, alpha=-lr)
+    def my_sgd(p, lr, **kw): p.data.add_(p.grad, alpha=-lr * float(p.grad.abs().max() > 0))   # .max(): not elementwise
     w = torch.ones(2, requires_grad=True); w.grad = torch.ones(2)
     opt = Optimizer([w], cbs=[my_sgd], lr=0.5)
     with warnings.catch_warnings(record=True) as caught:
@@ -350,15 +353,7 @@ def test_chapter_chain_trains_on_fast_path():
     assert (w.detach().abs() < 1).all()
 
 
-# --- compile=True: the per-parameter loop compiled by torch.compile -------------------------------------
-
-def _inductor_works():
-    "Can torch.compile build CPU code on this machine at all (a C++ compiler and its headers)?"
-    try: return bool(torch.equal(torch.compile(lambda x: x * 2 + 1)(torch.ones(3)), torch.full((3,), 3.)))
-    except Exception: return False
-
-HAS_CXX = _inductor_works()
-
+# --- impl='compile': the per-parameter loop compiled by torch.compile -------------------------------------
 
 def _chapter_average_grad(p, mom, grad_avg=None, **kwargs):
     "The chapter's momentum statistic as typed in the book: a new tensor every step."
@@ -369,48 +364,46 @@ def _chapter_average_grad(p, mom, grad_avg=None, **kwargs):
 def _chapter_momentum_step(p, lr, grad_avg, **kwargs): p.data.add_(grad_avg, alpha=-lr)
 
 
-@pytest.mark.skipif(not HAS_CXX, reason='torch.compile cannot build CPU code here (needs a C++ compiler)')
-@pytest.mark.parametrize('name', ['adamw', 'adam_l2', 'sgd_mom'])
-def test_compiled_chain_matches_torch(name):
-    "Built-in chains with their callbacks hidden from the registry and compile=True: torch.optim's numbers."
+@needs_cxx
+@compile_settings
+@given(st.sampled_from(['adamw', 'adam_l2', 'sgd_mom']), st.data())
+def test_compiled_chain_matches_torch(name, data):
+    "impl='compile' on the built-in chains: torch.optim's numbers (fewer examples: each compiles)."
+    lr, wd = data.draw(lrs), data.draw(st.sampled_from([0., 0.1]))
     ll_func, torch_cls, t_kw = {
-        'adamw': (partial(Adam, lr=1e-2, wd=0.1), torch.optim.AdamW, dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.1)),
-        'adam_l2': (partial(Adam, lr=1e-2, wd=0.1, decouple_wd=False), torch.optim.Adam,
-                    dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.1)),
-        'sgd_mom': (partial(SGD, lr=0.05, mom=0.9, wd=0.01, decouple_wd=False), torch.optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=0.01))}[name]
-    def compiled(groups):
-        opt = ll_func(groups); opt.cbs = [_hide(cb) for cb in opt.cbs]; opt.compile = True
-        return opt
+        'adamw': (partial(Adam, lr=lr, wd=wd), torch.optim.AdamW, dict(lr=lr, betas=(0.9, 0.99), eps=1e-5, weight_decay=wd)),
+        'adam_l2': (partial(Adam, lr=lr, wd=wd, decouple_wd=False), torch.optim.Adam,
+                    dict(lr=lr, betas=(0.9, 0.99), eps=1e-5, weight_decay=wd)),
+        'sgd_mom': (partial(SGD, lr=lr, mom=0.9, wd=wd, decouple_wd=False), torch.optim.SGD,
+                    dict(lr=lr, momentum=0.9, weight_decay=wd))}[name]
     shapes = [[(5, 3), (3,)], [(4,)]]
-    ll_ps, t_ps = _run_both(compiled, [{}, {'lr': 3e-3}], partial(torch_cls, **t_kw), [{}, {'lr': 3e-3}], shapes, 'compiled',
+    ll_ps, t_ps = _run_both(ll_func, [{}, {'lr': lr / 3}], partial(torch_cls, **t_kw), [{}, {'lr': lr / 3}], shapes, 'compile',
                             n_steps=30)
     _assert_same(ll_ps, t_ps)
 
 
-@pytest.mark.skipif(not HAS_CXX, reason='torch.compile cannot build CPU code here (needs a C++ compiler)')
+@needs_cxx
 def test_compiled_user_chain_matches_loop_without_recompiling():
     "The chapter's own momentum callbacks: compiled == loop, and a moving lr and mom do not recompile."
     from torch._dynamo.utils import counters
     results = {}
-    for compile in (False, True):
+    for impl in ('loop', 'compile'):
         torch.manual_seed(0)
         ps = [torch.randn(6, 4, requires_grad=True), torch.randn(4, requires_grad=True)]
-        opt = Optimizer([ps[:1], ps[1:]], cbs=[_chapter_average_grad, _chapter_momentum_step], lr=0.1, mom=0.9,
-                        compile=compile)
+        opt = Optimizer([ps[:1], ps[1:]], cbs=[_chapter_average_grad, _chapter_momentum_step], lr=0.1, mom=0.9, impl=impl)
         g = torch.Generator().manual_seed(1)
         with warnings.catch_warnings():
-            warnings.simplefilter('error', PerParameterWarning)   # compile=True: no warning; the loop path here warns
-            if not compile: warnings.simplefilter('ignore', PerParameterWarning)
+            warnings.simplefilter('error', PerParameterWarning)
             for i in range(12):
                 for p in ps: p.grad = torch.randn(p.shape, generator=g)
                 opt.set_hypers(lr=0.1 / (i + 1), mom=0.9 - 0.02 * i)
                 opt.step()
                 if i == 2: graphs = counters['stats']['unique_graphs']
-        results[compile] = [p.detach().clone() for p in ps]
-        if compile:
-            assert opt.compile_error is None
+        results[impl] = [p.detach().clone() for p in ps]
+        if impl == 'compile':
+            assert compile_error(opt) is None
             fct.test_eq(counters['stats']['unique_graphs'], graphs)      # steps 4-12 reused the compiled code
-    for a, b in zip(results[False], results[True]): torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    for a, b in zip(results['loop'], results['compile']): torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
 def test_compile_failure_falls_back_once_and_loses_no_step(monkeypatch):
@@ -420,19 +413,68 @@ def test_compile_failure_falls_back_once_and_loses_no_step(monkeypatch):
         return run
     monkeypatch.setattr(torch, 'compile', broken_compile)
     runs = {}
-    for compile in (False, True):
+    for impl in ('loop', 'compile'):
         torch.manual_seed(0)
         ps = [torch.randn(5, requires_grad=True), torch.randn(3, requires_grad=True)]
-        opt = Optimizer(ps, cbs=[_chapter_average_grad, _chapter_momentum_step], lr=0.1, mom=0.9, compile=compile)
+        opt = Optimizer(ps, cbs=[_chapter_average_grad, _chapter_momentum_step], lr=0.1, mom=0.9, impl=impl)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always')
             for i in range(4):
                 for p in ps: p.grad = torch.full_like(p, float(i + 1))
                 opt.step()
-        runs[compile] = ([p.detach().clone() for p in ps], opt, caught)
-    (loop_ps, _, _), (comp_ps, opt, caught) = runs[False], runs[True]
+        runs[impl] = ([p.detach().clone() for p in ps], opt, caught)
+    (loop_ps, _, _), (comp_ps, opt, caught) = runs['loop'], runs['compile']
     for a, b in zip(loop_ps, comp_ps): fct.test_eq(a, b)
     msgs = [str(w.message) for w in caught if issubclass(w.category, PerParameterWarning)]
     fct.test_eq(len(msgs), 1)
     assert 'could not compile' in msgs[0] and 'no C++ compiler found' in msgs[0], msgs
-    assert isinstance(opt.compile_error, RuntimeError)
+    assert isinstance(compile_error(opt), RuntimeError)
+
+
+# --- the default strategy on a user's own callbacks ----------------------------------------------------
+
+@prop_settings
+@given(groups_of_shapes, st.data())
+def test_user_chain_on_lists_matches_torch_sgd(shapes, data):
+    "The chapter's own momentum callbacks, default impl: run on lists of tensors (no warning), torch SGD's numbers."
+    mom = data.draw(moms)
+    hp = [dict(lr=data.draw(lrs)) for _ in shapes]
+    user = partial(Optimizer, cbs=[_chapter_average_grad, _chapter_momentum_step], lr=0.1, mom=mom)
+    ll, t = _run_both(user, hp, partial(torch.optim.SGD, lr=0.1, momentum=mom), hp, shapes, 'auto')
+    _assert_same(ll, t)
+
+
+def test_impl_errors_name_the_problem():
+    w = _w(); w.grad = torch.ones(2)
+    fct.test_fail(lambda: RMSProp([w], lr=0.1, impl='fused'), contains="impl='fused'")
+    fct.test_fail(lambda: Adam([w], lr=0.1, impl='quick'), contains="impl='quick' is not one of")
+    def norm_clip(p, **kw): p.grad.data.div_(p.grad.data.norm().item() + 1)
+    opt = Optimizer([w], cbs=[norm_clip, sgd_step], lr=0.1, impl='foreach')
+    fct.test_fail(opt.step, contains="['norm_clip'] cannot run on lists of tensors")
+
+
+def test_missing_hyper_same_error_on_every_strategy():
+    "A hyper-parameter nobody provides: the same message whatever runs the chain."
+    for impl in ('loop', 'foreach', 'auto', 'fused'):
+        w = _w(); w.grad = torch.ones(2)
+        opt = Adam([w], lr=0.1, impl=impl)
+        for h in opt.hypers: del h['eps']
+        fct.test_fail(opt.step, contains="adam_step needs 'eps'")
+    def my_step(p, lr, gamma, **kw): p.data.add_(p.grad, alpha=-lr * gamma)
+    for impl in ('loop', 'foreach', 'auto'):
+        w = _w(); w.grad = torch.ones(2)
+        fct.test_fail(Optimizer([w], cbs=[my_step], lr=0.1, impl=impl).step, contains="my_step needs 'gamma'")
+
+
+@pytest.mark.parametrize('impl', FUSED_PATHS)
+def test_exclude_wd_on_every_strategy(impl):
+    "norm/bias parameters excluded from weight decay: with zero gradients only the decayed weights move."
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    for opt_func in (Adam, SGD, partial(SGD, mom=0.9)):
+        opt = opt_func(model.parameters(), lr=0.1, wd=0.1, impl=impl)
+        opt.exclude_wd(norm_bias_params(model))
+        before = [p.detach().clone() for p in model.parameters()]
+        for p in model.parameters(): p.grad = torch.zeros_like(p)
+        opt.step()
+        moved = [not torch.equal(a, p.detach()) for a, p in zip(before, model.parameters())]
+        fct.test_eq(moved, [True, False, False, False, True, False])
