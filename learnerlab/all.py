@@ -7,22 +7,28 @@ Docs: https://learnerlab.github.io/learnerlab/all.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/11_all.ipynb #cedbb477
+# %% ../nbs/11_all.ipynb #2686e0e1
 from functools import partial
 import torch
 from torch import nn
-from . import optimizer, widgets, callback, learner, schedule, training, data, vision, distributed
+from . import (optimizer, widgets, callback, recorder, progress, learner, predict, checkpoint, schedule, training,
+                        data, vision, distributed)
 from .optimizer import *
 from .widgets import *
 from .callback import *
+from .recorder import *
+from .progress import *
 from .learner import *
+from .predict import *
+from .checkpoint import *
 from .schedule import *
 from .training import *
 from .data import *
 from .vision import *
 from .distributed import *
 
-# %% ../nbs/11_all.ipynb #12b14feb
-__all__ = ['partial', 'torch', 'nn', *optimizer.__all__, *widgets.__all__, *callback.__all__, *learner.__all__,
+# %% ../nbs/11_all.ipynb #4d29731b
+__all__ = ['partial', 'torch', 'nn', *optimizer.__all__, *widgets.__all__, *callback.__all__, *recorder.__all__,
+           *progress.__all__, *learner.__all__, *predict.__all__, *checkpoint.__all__,
            *schedule.__all__, *training.__all__, *data.__all__, *vision.__all__,
            *distributed.__all__]

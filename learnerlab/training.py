@@ -9,17 +9,20 @@ __all__ = ['MixedPrecision', 'TerminateOnNaNCallback', 'ModelResetter', 'RNNRegu
            'TrackerCallback', 'EarlyStoppingCallback', 'SaveModelCallback', 'ReduceLROnPlateau', 'CSVLogger',
            'ShowGraphCallback']
 
-# %% ../nbs/06_callbacks.ipynb #771d47f8
+# %% ../nbs/06_callbacks.ipynb #bc7a7633
 import csv, math, time
 from pathlib import Path
 import torch
 from torch import nn
 from fastcore.basics import patch
 from .callback import Callback, CancelBatchException, CancelFitException
-from .learner import Learner, Recorder, TrainEvalCallback, ProgressCallback, find_bs
+from .learner import Learner, TrainEvalCallback
+from .recorder import Recorder, find_bs
+from .progress import ProgressCallback
+from . import checkpoint   # Learner.save and Learner.load, which SaveModelCallback calls
 from .schedule import LRFinder
 
-# %% ../nbs/06_callbacks.ipynb #2de8eeb5
+# %% ../nbs/06_callbacks.ipynb #44c06baa
 _HALF = {'fp16': torch.float16, 'float16': torch.float16, 'half': torch.float16,
          'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16}
 
@@ -43,7 +46,7 @@ class _ScalerTarget:
         return [{'params': [p for p in self.learn.model.parameters() if p.grad is not None]}]
     def step(self): self.stepped = True
 
-# %% ../nbs/06_callbacks.ipynb #f7cbba29
+# %% ../nbs/06_callbacks.ipynb #32128c26
 class MixedPrecision(Callback):
     "Forward pass and loss under `torch.autocast` in `dtype`; dynamic loss scaling (GradScaler) for float16."
     order = 10
@@ -118,7 +121,7 @@ class MixedPrecision(Callback):
         "Keep checkpoint state `sd` for the next fit, which creates the GradScaler."
         self._loaded = {'scaler': dict(sd.get('scaler') or {}), 'skipped': int(sd.get('skipped', 0))}
 
-# %% ../nbs/06_callbacks.ipynb #25d9770e
+# %% ../nbs/06_callbacks.ipynb #619d7df8
 @patch
 def to_fp16(self:Learner, **scaler_kwargs):
     "Train with float16 mixed precision and dynamic loss scaling (kwargs go to `torch.amp.GradScaler`); return self."
@@ -140,7 +143,7 @@ def to_fp32(self:Learner):
     self.model.float()
     return self
 
-# %% ../nbs/06_callbacks.ipynb #a73b50b7
+# %% ../nbs/06_callbacks.ipynb #c9494b60
 class TerminateOnNaNCallback(Callback):
     "Stop training as soon as the loss is infinite or NaN."
     run_before = (Recorder,)
@@ -148,7 +151,7 @@ class TerminateOnNaNCallback(Callback):
         loss = self.learn.loss
         if self.learn.training and loss is not None and not torch.isfinite(loss).all(): raise CancelFitException
 
-# %% ../nbs/06_callbacks.ipynb #795a5a50
+# %% ../nbs/06_callbacks.ipynb #2e051297
 class ModelResetter(Callback):
     "Call `model.reset()` before training, before validation and after the fit (for stateful RNNs)."
     def before_fit(self):
@@ -158,7 +161,7 @@ class ModelResetter(Callback):
     def begin_validate(self): self.learn.model.reset()
     def after_fit(self): self.learn.model.reset()
 
-# %% ../nbs/06_callbacks.ipynb #9314d30a
+# %% ../nbs/06_callbacks.ipynb #26822083
 class RNNRegularizer(Callback):
     "Add AR (`alpha`, on activations) and TAR (`beta`, on their change over time) penalties to the loss."
     def __init__(self, alpha=0., beta=0.): self.alpha, self.beta = alpha, beta
@@ -178,7 +181,7 @@ class RNNRegularizer(Callback):
             if h.shape[1] > 1:
                 self.learn.loss = self.learn.loss + self.beta * (h[:, 1:] - h[:, :-1]).float().pow(2).mean()
 
-# %% ../nbs/06_callbacks.ipynb #3f0a287a
+# %% ../nbs/06_callbacks.ipynb #6036c3f3
 class GradientClip(Callback):
     "Clip the gradients' global `norm_type` norm to `max_norm` before each optimizer step."
     order, run_after = 20, (MixedPrecision,)
@@ -188,7 +191,7 @@ class GradientClip(Callback):
     def before_step(self):
         nn.utils.clip_grad_norm_(self.learn.model.parameters(), self.max_norm, self.norm_type)
 
-# %% ../nbs/06_callbacks.ipynb #9e9b38b1
+# %% ../nbs/06_callbacks.ipynb #509e7227
 class GradientAccumulation(Callback):
     "Accumulate gradients and step only once every `n_acc` items; the loss is scaled by `bs/n_acc` for the backward."
     order, run_before = 5, (MixedPrecision,)
@@ -210,7 +213,7 @@ class GradientAccumulation(Callback):
     def after_fit(self):
         if self.count and self.learn.opt is not None: self.learn.opt.zero_grad()
 
-# %% ../nbs/06_callbacks.ipynb #419aff4f
+# %% ../nbs/06_callbacks.ipynb #8e27e99a
 def _lower_is_better(name): return 'loss' in name or 'error' in name
 
 def _lr_finding(learn):
@@ -252,7 +255,7 @@ class TrackerCallback(Callback):
     def state_dict(self): return {'best': self.best}
     def load_state_dict(self, sd): self.best = sd['best']
 
-# %% ../nbs/06_callbacks.ipynb #d14eca9e
+# %% ../nbs/06_callbacks.ipynb #4047fdf1
 class EarlyStoppingCallback(TrackerCallback):
     "Stop training when `monitor` has not improved by more than `min_delta` for `patience` epochs."
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, reset_on_fit=True):
@@ -269,7 +272,7 @@ class EarlyStoppingCallback(TrackerCallback):
             self.stopped_epoch = self.learn.epoch
             raise CancelFitException
 
-# %% ../nbs/06_callbacks.ipynb #98be77e6
+# %% ../nbs/06_callbacks.ipynb #a29a7e62
 class SaveModelCallback(TrackerCallback):
     "Save the model when `monitor` improves (or every epoch) to `fname`; reload the best one at the end."
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., fname='model', every_epoch=False,
@@ -291,7 +294,7 @@ class SaveModelCallback(TrackerCallback):
         if not self.every_epoch and self.saved_best:
             self.learn.load(self.fname, with_opt=self.with_opt, with_cbs=False, with_rng=False)
 
-# %% ../nbs/06_callbacks.ipynb #d641fc32
+# %% ../nbs/06_callbacks.ipynb #401676f2
 class ReduceLROnPlateau(TrackerCallback):
     "Divide the learning rate by `factor` (not below `min_lr`) when `monitor` has not improved for `patience` epochs."
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, factor=10., min_lr=0,
@@ -312,7 +315,7 @@ class ReduceLROnPlateau(TrackerCallback):
             self.learn.opt.set_hyper('lr', lrs)
             self.reductions.append((self.learn.epoch, lrs[-1]))
 
-# %% ../nbs/06_callbacks.ipynb #d8c36d72
+# %% ../nbs/06_callbacks.ipynb #354b80dc
 class CSVLogger(Callback):
     "Write the results table, one row per epoch, to the CSV file `learn.path/fname` (appending if `append`)."
     order = 56
@@ -347,7 +350,7 @@ class CSVLogger(Callback):
         "The rows written so far, as a list of dicts column -> string."
         with open(self.path, newline='') as f: return list(csv.DictReader(f))
 
-# %% ../nbs/06_callbacks.ipynb #dfaff173
+# %% ../nbs/06_callbacks.ipynb #b78a4b95
 class ShowGraphCallback(Callback):
     "Live plot of the training and validation losses, updated after each epoch."
     order = 65    # after the Recorder and the progress bar

@@ -13,8 +13,12 @@ from torch.utils.data import TensorDataset
 import fastcore.test as fct
 
 from learnerlab.callback import *
+from learnerlab.recorder import *
+from learnerlab.progress import *
 from learnerlab.learner import *
 from learnerlab.learner import _LOOP
+from learnerlab.predict import *
+from learnerlab.checkpoint import *
 from learnerlab.optimizer import SGD
 
 torch.set_num_threads(1)
@@ -325,7 +329,7 @@ def test_save_is_atomic_and_load_is_safe(tmp_path, monkeypatch):
     path = learn.save('ck')
     good = path.read_bytes()
 
-    import learnerlab.learner as L
+    import learnerlab.checkpoint as L
     def failing_save(obj, f): f.write(b'partial'); raise OSError('disk full')
     monkeypatch.setattr(L.torch, 'save', failing_save)
     with pytest.raises(OSError, match='disk full'): learn.save('ck')

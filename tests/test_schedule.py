@@ -10,7 +10,9 @@ import fastcore.test as fct
 from hypothesis import given, settings, strategies as st
 
 from learnerlab.callback import Callback
-from learnerlab.learner import Learner, DataLoaders, ProgressCallback
+from learnerlab.learner import Learner, DataLoaders
+from learnerlab.progress import ProgressCallback
+import learnerlab.predict, learnerlab.checkpoint   # Learner.validate, Learner.save/load
 from learnerlab.optimizer import SGD, Adam
 from learnerlab.schedule import (SchedLin, SchedCos, SchedExp, SchedNo, SchedPoly, combine_scheds, combined_cos,
                                  ParamScheduler, minimum, steep, valley, slide, SuggestedLRs)
