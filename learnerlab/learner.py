@@ -8,7 +8,7 @@ Docs: https://learnerlab.github.io/learnerlab/learner.html.md"""
 __all__ = ['NORM_TYPES', 'EXTENSIONS', 'default_device', 'DataLoaders', 'to_device', 'mark_norm_params', 'trainable_params',
            'TrainEvalCallback', 'Learner']
 
-# %% ../nbs/04_learner.ipynb #a8d22da5
+# %% ../nbs/04_learner.ipynb #bb0fe610
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +22,7 @@ from .recorder import *
 from .progress import *
 from .optimizer import Adam, SGD
 
-# %% ../nbs/04_learner.ipynb #6b7023a6
+# %% ../nbs/04_learner.ipynb #29272624
 def default_device():
     "The CUDA device when one is available, else the CPU."
     return torch.device('cuda') if torch.cuda.is_available() else torch.device('cpu')
@@ -34,7 +34,7 @@ def _check_dl(dl, name):
         raise TypeError(f"{name} must be a re-iterable collection of batches with a length (a torch DataLoader "
                         f"or a list of batches), got {type(dl).__name__}")
 
-# %% ../nbs/04_learner.ipynb #276b1f3d
+# %% ../nbs/04_learner.ipynb #9e1f00dd
 class DataLoaders:
     "A training and a validation iterable of batches, and the `device` batches are sent to."
     def __init__(self, train_dl, valid_dl=None, device=None, c=None):
@@ -55,7 +55,7 @@ class DataLoaders:
         n = lambda dl: 'None' if dl is None else f'{len(dl)} batches'
         return f"DataLoaders(train: {n(self.train)}, valid: {n(self.valid)}, device: {self.device})"
 
-# %% ../nbs/04_learner.ipynb #a4fdf2fd
+# %% ../nbs/04_learner.ipynb #d1ff2ac9
 def to_device(b, device):
     "`b` (a tensor, or a tuple/list/dict of them) moved to `device`; other objects unchanged."
     if isinstance(b, torch.Tensor): return b.to(device, non_blocking=True)
@@ -63,7 +63,7 @@ def to_device(b, device):
     if isinstance(b, dict): return {k: to_device(v, device) for k, v in b.items()}
     return b
 
-# %% ../nbs/04_learner.ipynb #057c0c9a
+# %% ../nbs/04_learner.ipynb #a9b0e8de
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 
 def mark_norm_params(model):
@@ -78,30 +78,45 @@ def trainable_params(model):
     "The default splitter: one parameter group with all of `model`'s parameters (fastai's name)."
     return list(model.parameters())
 
-# %% ../nbs/04_learner.ipynb #052e8aeb
+# %% ../nbs/04_learner.ipynb #37aa8b68
 class TrainEvalCallback(Callback):
-    "Switch the model between train and eval mode; track `train_iter`, `pct_train` and `training`."
+    "Switch the model between train and eval mode; track `train_iter`, `pct_train` and `training` (cancelled steps do not count)."
     order = -10
+    def __init__(self): self.skipped = 0
+
     def before_fit(self):
         learn = self.learn
-        learn.train_iter, learn.pct_train = learn.start_epoch * len(learn.dls.train), learn.start_epoch / learn.n_epoch
+        if learn.start_epoch == 0: self.skipped = 0        # a resumed fit keeps the count (it is in checkpoints)
+        learn.train_iter = learn.start_epoch * len(learn.dls.train) - self.skipped
+        learn.pct_train = learn.train_iter / (learn.n_epoch * len(learn.dls.train))
 
     def before_train(self):
         learn = self.learn
-        self._step = 1 / (learn.n_epoch * learn.n_iter)
-        learn.train_iter, learn.pct_train = learn.epoch * learn.n_iter, learn.epoch / learn.n_epoch
+        self._total, self._void = learn.n_epoch * learn.n_iter, False
+        learn.train_iter = learn.epoch * learn.n_iter - self.skipped
+        learn.pct_train = learn.train_iter / self._total
         learn.model.train(); learn.training = True
+
+    def after_cancel_step(self): self._void = True
 
     def after_batch(self):
         learn = self.learn
-        if learn.training:
+        if not learn.training: return
+        if self._void: self.skipped, self._void = self.skipped + 1, False
+        else:
             learn.train_iter += 1
-            learn.pct_train += self._step
+            learn.pct_train = learn.train_iter / self._total
 
     def before_validate(self):
         self.learn.model.eval(); self.learn.training = False
 
-# %% ../nbs/04_learner.ipynb #c01816b9
+    def state_dict(self):
+        "The count of cancelled steps (saved in checkpoints, so a resumed fit counts like an uninterrupted one)."
+        return {'skipped': self.skipped}
+
+    def load_state_dict(self, sd): self.skipped = int(sd.get('skipped', 0))
+
+# %% ../nbs/04_learner.ipynb #b63e54bb
 def _default_loss(dls, loss_func):
     "`loss_func`, or a default from the data, or a clear error."
     if loss_func is not None: return loss_func
@@ -124,13 +139,32 @@ def _as_callback(cb):
     if isinstance(cb, Callback): return cb
     raise TypeError(f"callbacks must be Callback instances or Callback classes, got {cb!r}")
 
-# %% ../nbs/04_learner.ipynb #7eab739d
+# %% ../nbs/04_learner.ipynb #7eb7f7cb
+_CONTROL = tuple(CANCELS.values())
+
+def _name_source(err, handler, event):
+    "Note on `err` (once) the callback and event whose handler raised it."
+    if getattr(err, '_learnerlab_source', False): return
+    err._learnerlab_source = True
+    note = f"raised by callback {handler.__self__!r} in {handler.__name__} (event {event!r})"
+    if hasattr(err, 'add_note'): err.add_note(note)
+    else: warnings.warn(note)
+
+def _call_handler(handler, event):
+    "Run `handler` for `event`, naming the callback on an error."
+    try: handler()
+    except _CONTROL: raise
+    except Exception as e:
+        _name_source(e, handler, event)
+        raise
+
+# %% ../nbs/04_learner.ipynb #c46c4e01
 EXTENSIONS = {**dict.fromkeys(('validate', 'get_preds', 'predict'), 'predict'),
               **dict.fromkeys(('ckpt_path', 'save', 'load'), 'checkpoint'),
               **dict.fromkeys(('fit_one_cycle', 'fit_flat_cos', 'fit_sgdr', 'lr_find'), 'schedule'),
               **dict.fromkeys(('to_fp16', 'to_bf16', 'to_fp32'), 'training'), 'distrib_ctx': 'distributed'}
 
-# %% ../nbs/04_learner.ipynb #32a6c2ca
+# %% ../nbs/04_learner.ipynb #ea311c6f
 class Learner:
     "The training loop: model, data, loss, optimizer factory, and the callbacks it calls at each event."
     default_cbs = (TrainEvalCallback, Recorder, ProgressCallback)
@@ -145,14 +179,16 @@ class Learner:
         self.metrics = [] if metrics is None else list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
         self.path, self.model_dir = Path(getattr(dls, 'path', '.') if path is None else path), model_dir
         self.opt, self.logger, self.training = None, print_row, False
-        self.n_epoch, self.start_epoch, self.epoch, self.n_iter, self.iter = 1, 0, 0, 0, 0
+        self.n_epoch, self.start_epoch, self.epoch, self.n_iter, self.iter, self.fit_cbs = 1, 0, 0, 0, 0, ()
         self.dl, self._xb, self._yb, self.pred, self.loss = None, (), (), None, None
         self.n_inp = getattr(dls, 'n_inp', 1)
         self._device = getattr(dls, 'device', None)
         if self._device is not None: self.model.to(self._device)
         mark_norm_params(model)
-        self._cbs, self._dispatch = [], dispatch_lists([])
+        self._cbs, self._set_up = [], []
+        self._rebuild_dispatch()
         self.add_cbs(list(self.default_cbs) + ([] if cbs is None else list(cbs) if isinstance(cbs, (list, tuple)) else [cbs]))
+        self('after_create')
 
     # -- the batch, as the chapter describes it: xb/yb always tuples, x/y their first elements
     @property
@@ -171,19 +207,19 @@ class Learner:
     def y(self): return self._yb[0] if self._yb else None
     @y.setter
     def y(self, v): raise AttributeError("learn.y is the first element of learn.yb: assign learn.yb = (y,) instead")
-    @property
-    def smooth_loss(self):
-        "The `Recorder`'s smoothed training loss (a tensor)."
-        rec = self.recorder_cb
-        if rec is None or rec.smooth_loss is None: raise AttributeError("smooth_loss needs a Recorder that has seen a training batch")
-        return rec.smooth_loss
 
     # -- events
     def __call__(self, event):
         "Run every callback's handler for `event` (a name; `begin_*` aliases accepted), in order."
-        handlers = self._dispatch.get(event)
-        if handlers is None: handlers = self._dispatch[event_name(event)]
-        for handler in handlers: handler()
+        table = self._train_dispatch if self.training else self._valid_dispatch
+        handlers = table.get(event)
+        if handlers is None: handlers = table[event_name(event)]
+        for handler in handlers:
+            try: handler()
+            except _CONTROL: raise
+            except Exception as e:
+                _name_source(e, handler, event)
+                raise
 
     @property
     def cbs(self):
@@ -191,9 +227,27 @@ class Learner:
         return tuple(self._cbs)
 
     @property
+    def smooth_loss(self):
+        "The `Recorder`'s smoothed training loss (a tensor)."
+        rec = self.recorder_cb
+        if rec is None or rec.smooth_loss is None: raise AttributeError("smooth_loss needs a Recorder that has seen a training batch")
+        return rec.smooth_loss
+
+    @property
     def recorder_cb(self):
         "The attached `Recorder` (found by type, whatever its name), or None."
         return next((cb for cb in self._cbs if isinstance(cb, Recorder)), None)
+
+    @property
+    def final_record(self):
+        "The `Recorder`'s last row of results: `[train_loss, valid_loss, *metrics]`."
+        rec = self.recorder_cb
+        if rec is None: raise AttributeError("final_record needs a Recorder: add one, or keep the default callbacks")
+        return rec.final_record
+
+    def step_due(self, n_items=0):
+        "Will the optimizer step at the end of this batch (`n_items` more items on)? Not while a callback's `will_step` says no."
+        return all(will_step(n_items) for will_step in self._step_gates)
 
     def __getattr__(self, name):
         # Only called when normal lookup fails: say which notebook adds an extension method.
@@ -202,7 +256,12 @@ class Learner:
                                  f"(or `from learnerlab.all import *`)")
         raise AttributeError(f"'Learner' object has no attribute {name!r}")
 
-    # -- the loop
+    def _rebuild_dispatch(self):
+        "The event tables for training and validation, and the batch's steps, from the attached callbacks."
+        self._train_dispatch, self._valid_dispatch = dispatch_lists(self._cbs, True), dispatch_lists(self._cbs, False)
+        self._steps = {**{s: getattr(self, f'_{s}') for s in STEPS}, **step_methods(self._cbs)}
+        self._step_gates = [cb.will_step for cb in self._cbs if cb.run and callable(getattr(type(cb), 'will_step', None))]
+
     def _split(self, b):
         "Move batch `b` to the device and split it into `xb` (the first `n_inp` items) and `yb`."
         if isinstance(b, dict): raise TypeError("batches must be tuples (x, y) or tensors, got a dict")
@@ -211,75 +270,111 @@ class Learner:
         if dev is not None: b = tuple([o.to(dev, non_blocking=True) if type(o) is torch.Tensor else to_device(o, dev) for o in b])
         self._xb, self._yb = b[:self.n_inp], b[self.n_inp:]
 
-    def _one_batch(self, b):
+    # -- the five steps of the chapter's loop; a callback's do_<step> method replaces one (see `step_methods`)
+    def _predict(self): self.pred = self.model(*self._xb)
+    def _loss(self): self.loss = self.loss_func(self.pred, *self._yb)
+    def _backward(self): self.loss.backward()
+    def _step(self): self.opt.step()
+    def _zero_grad(self): self.opt.zero_grad()
+
+# %% ../nbs/04_learner.ipynb #e8867cc9
+_PARTS = {part: (f'before_{part}', f'after_cancel_{part}', f'after_{part}', exc) for part, exc in CANCELS.items()}
+
+@patch
+def _with_events(self:Learner, part, body, dispatch=None):
+    "`before_{part}`, `body()`, `after_{part}`; the part's cancel exception skips to `after_cancel_{part}`, then `after_{part}`."
+    before, after_cancel, after, cancel = _PARTS[part]
+    dispatch = dispatch or self
+    try:
+        dispatch(before)
+        body()
+    except cancel: dispatch(after_cancel)
+    dispatch(after)
+
+# %% ../nbs/04_learner.ipynb #5978ddaa
+@patch
+def _do_batch(self:Learner):
+    "The chapter's five lines with their events: predict, loss, and in training backward, step, zero_grad."
+    steps = self._steps
+    steps['predict'](); self('after_pred')
+    if not self._yb: return
+    steps['loss']()
+    if getattr(self.loss, 'ndim', None) != 0: raise _not_scalar(self.loss)
+    self('after_loss')
+    if not self.training: return
+    self('before_backward'); steps['backward'](); self('after_backward')
+    if self._step_gates and not self.step_due(): return      # accumulating gradients: no step yet, keep them
+    self._with_events('step', steps['step'])
+    steps['zero_grad']()
+
+@patch
+def _all_batches(self:Learner):
+    "Each batch of `self.dl`, split into `xb`/`yb` and run inside the batch events."
+    for self.iter, b in enumerate(self.dl):
         self._split(b)
-        try:
-            self('before_batch')
-            self.pred = self.model(*self._xb); self('after_pred')
-            if self._yb:
-                self.loss = self.loss_func(self.pred, *self._yb)
-                if getattr(self.loss, 'ndim', None) != 0: raise _not_scalar(self.loss)
-                self('after_loss')
-                if self.training:
-                    self('before_backward'); self.loss.backward(); self('after_backward')
-                    self('before_step'); self.opt.step(); self('after_step')
-                    self.opt.zero_grad()
-        except CancelBatchException: self('after_cancel_batch')
-        self('after_batch')
+        self._with_events('batch', self._do_batch)
 
-    def _all_batches(self):
-        for i, b in enumerate(self.dl):
-            self.iter = i
-            self._one_batch(b)
+# %% ../nbs/04_learner.ipynb #544813e3
+@patch
+def _do_train(self:Learner):
+    "The training part of an epoch: every batch of `dls.train`."
+    self.dl, self.n_iter, self.training = self.dls.train, len(self.dls.train), True
+    self._with_events('train', self._all_batches)
 
-    def _do_train(self):
-        self.dl, self.n_iter, self.training = self.dls.train, len(self.dls.train), True
-        try:
-            self('before_train')
-            self._all_batches()
-        except CancelTrainException: self('after_cancel_train')
-        self('after_train')
+@patch
+def _do_validate(self:Learner, dl):
+    "The validation part: every batch of `dl`, without gradients."
+    self.dl, self.n_iter, self.training = dl, len(dl), False
+    self._with_events('validate', self._batches_no_grad)
 
-    def _do_validate(self, dl):
-        self.dl, self.n_iter, self.training = dl, len(dl), False
-        try:
-            self('before_validate')
-            with torch.no_grad(): self._all_batches()
-        except CancelValidException: self('after_cancel_validate')
-        self('after_validate')
+@patch
+def _batches_no_grad(self:Learner):
+    with torch.no_grad(): self._all_batches()
 
-    def _do_epoch(self):
-        try:
-            self('before_epoch')
-            self._do_train()
-            if self.dls.valid is not None: self._do_validate(self.dls.valid)
-        except CancelEpochException: self('after_cancel_epoch')
-        self('after_epoch')
+@patch
+def _do_epoch(self:Learner):
+    "One epoch: the training part, then the validation part if there is validation data."
+    self._do_train()
+    if self.dls.valid is not None: self._do_validate(self.dls.valid)
 
-    def _do_fit(self):
-        "The whole fit, with `after_fit` teardown guaranteed for callbacks set up when anything goes wrong."
-        self._set_up, mode = [], self.model.training
-        try:
-            try:
-                for cb in self._cbs:
-                    for handler in event_methods(cb, 'before_fit'): handler()
-                    self._set_up.append(cb)
-                for epoch in range(self.start_epoch, self.n_epoch):
-                    self.epoch = epoch
-                    self._do_epoch()
-            except CancelFitException: self('after_cancel_fit')
-        except BaseException as e:
-            self._recover(mode)
-            _run_after_fit(self._set_up, e)
-        _run_after_fit(list(self._cbs))
+@patch
+def _all_epochs(self:Learner):
+    for self.epoch in range(self.start_epoch, self.n_epoch): self._with_events('epoch', self._do_epoch)
 
-    def _recover(self, mode):
-        "Leave the model usable after an unexpected error: its mode before the fit, no stale gradients."
-        self.model.train(mode)
-        self.training = False
-        if self.opt is not None: self.opt.zero_grad()
+# %% ../nbs/04_learner.ipynb #37e01e13
+@patch
+def _fit_event(self:Learner, event):
+    "Announce a fit event: `before_fit` callback by callback (recording who is set up), the others to the set-up ones."
+    if event == 'before_fit':
+        for cb in self._cbs:
+            if not cb.run: continue
+            for handler in handlers(cb, event): _call_handler(handler, event)
+            self._set_up.append(cb)
+    elif event == 'after_fit':
+        cbs, self._set_up = self._set_up, []
+        _run_after_fit(cbs)
+    else:
+        for cb in list(self._set_up):
+            for handler in handlers(cb, event): _call_handler(handler, event)
 
-# %% ../nbs/04_learner.ipynb #ae1e1e3a
+@patch
+def _do_fit(self:Learner):
+    "The whole fit: epochs inside the fit events, with the teardown rule on cancel and on error alike."
+    self._set_up, mode = [], self.model.training
+    try: self._with_events('fit', self._all_epochs, self._fit_event)
+    except BaseException as e:
+        self._recover(mode)
+        cbs, self._set_up = self._set_up, []
+        _run_after_fit(cbs, e)
+
+@patch
+def _recover(self:Learner, mode):
+    "Leave the model usable after an unexpected error: its mode before the fit, no stale gradients."
+    self.model.train(mode)
+    self.training = False
+    if self.opt is not None: self.opt.zero_grad()
+
+# %% ../nbs/04_learner.ipynb #14673a0b
 def _not_scalar(loss):
     "The error for a loss that is not a scalar tensor."
     what = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else f"a {type(loss).__name__}"
@@ -294,14 +389,14 @@ def _add_note(err, note):
 def _run_after_fit(cbs, error=None):
     "Run `after_fit` for each of `cbs`, all of them even if some fail; then raise `error` or the first failure."
     for cb in cbs:
-        for handler in event_methods(cb, 'after_fit'):
-            try: handler()
+        for handler in handlers(cb, 'after_fit'):
+            try: _call_handler(handler, 'after_fit')
             except BaseException as e:
                 if error is None: error = e
                 else: _add_note(error, f"during cleanup, {cb!r}.after_fit also raised {e!r}")
     if error is not None: raise error
 
-# %% ../nbs/04_learner.ipynb #b24b019a
+# %% ../nbs/04_learner.ipynb #47a5ff45
 @patch
 def add_cb(self:Learner, cb):
     "Attach callback `cb` (an instance or a class) and expose it as `learn.<cb.name>`; return it."
@@ -313,9 +408,11 @@ def add_cb(self:Learner, cb):
     if current is not None or hasattr(type(self), name):
         raise ValueError(f"callback {cb!r} would be exposed as learn.{name}, which is a Learner attribute: rename the class")
     cbs = sort_callbacks(self._cbs + [cb])
+    step_methods(cbs)                    # two callbacks replacing the same step: an error before anything changes
     cb.learn = self
     setattr(self, name, cb)
-    self._cbs, self._dispatch = cbs, dispatch_lists(cbs)
+    self._cbs = cbs
+    self._rebuild_dispatch()
     return cb
 
 @patch
@@ -332,14 +429,14 @@ def remove_cb(self:Learner, cb):
         self._cbs = [o for o in self._cbs if o is not c]
         if self.__dict__.get(c.name) is c: delattr(self, c.name)
         c.learn = None
-    self._dispatch = dispatch_lists(self._cbs)
+    self._rebuild_dispatch()
 
 @patch
 def remove_cbs(self:Learner, cbs):
     "Detach each callback of `cbs`."
     for cb in cbs: self.remove_cb(cb)
 
-# %% ../nbs/04_learner.ipynb #7c04ee7b
+# %% ../nbs/04_learner.ipynb #d7f00e63
 @patch
 @contextmanager
 def added_cbs(self:Learner, cbs):
@@ -362,7 +459,7 @@ def removed_cbs(self:Learner, cbs):
         for cb in cbs:
             if cb not in self._cbs: self.add_cb(cb)
 
-# %% ../nbs/04_learner.ipynb #34670fe3
+# %% ../nbs/04_learner.ipynb #33328118
 @patch
 def create_opt(self:Learner):
     "Create `self.opt` with `opt_func(splitter(model), lr=lr)`, then set `wd` and `train_bn` on it."
@@ -371,7 +468,7 @@ def create_opt(self:Learner):
     if hasattr(self.opt, 'train_bn'): self.opt.train_bn = self.train_bn
     return self.opt
 
-# %% ../nbs/04_learner.ipynb #3305e365
+# %% ../nbs/04_learner.ipynb #e92da936
 def _check_epochs(n_epoch, start_epoch):
     "Errors for impossible epoch counts."
     for name, v in (('n_epoch', n_epoch), ('start_epoch', start_epoch)):
@@ -387,7 +484,8 @@ def fit(self:Learner, n_epoch, lr=None, wd=None, cbs=None, reset_opt=False, star
     if len(self.dls.train) == 0:
         raise ValueError("the training DataLoader is empty (0 batches): check the dataset size and batch size "
                          "(a DataLoader with drop_last=True and fewer items than bs yields nothing)")
-    with self.added_cbs(cbs):
+    with self.added_cbs(cbs) as added:
+        self.fit_cbs = tuple(added)
         if reset_opt or self.opt is None: self.create_opt()
         self.opt.set_hyper('lr', self.lr if lr is None else lr)
         wd = self.wd if wd is None else wd
@@ -395,7 +493,7 @@ def fit(self:Learner, n_epoch, lr=None, wd=None, cbs=None, reset_opt=False, star
         self.n_epoch, self.start_epoch = n_epoch, start_epoch
         self._do_fit()
 
-# %% ../nbs/04_learner.ipynb #17698f81
+# %% ../nbs/04_learner.ipynb #ba564901
 @patch
 def freeze_to(self:Learner, n):
     "Train only parameter groups `n` onwards (creating the optimizer if needed)."
@@ -412,9 +510,10 @@ def unfreeze(self:Learner):
     "Train every parameter group."
     self.freeze_to(0)
 
-# %% ../nbs/04_learner.ipynb #fc7882fe
-_LOOP = [(0, 'before_fit'), (1, 'before_epoch'), (2, 'before_train'), (3, 'before_batch'), (3, 'after_pred'),
-         (3, 'after_loss'), (3, 'before_backward'), (3, 'after_backward'), (3, 'before_step'), (3, 'after_step'),
+# %% ../nbs/04_learner.ipynb #e18502e5
+_LOOP = [(0, 'after_create'), (0, 'before_fit'), (1, 'before_epoch'), (2, 'before_train'), (3, 'before_batch'),
+         (3, 'after_pred'), (3, 'after_loss'), (3, 'before_backward'), (3, 'after_backward'), (3, 'before_step'),
+         (3, 'after_cancel_step'), (3, 'after_step'),
          (3, 'after_cancel_batch'), (3, 'after_batch'), (2, 'after_cancel_train'), (2, 'after_train'),
          (2, 'before_validate'), (3, 'before_batch'), (3, 'after_pred'), (3, 'after_loss'), (3, 'after_cancel_batch'),
          (3, 'after_batch'), (2, 'after_cancel_validate'), (2, 'after_validate'), (1, 'after_cancel_epoch'),
@@ -423,14 +522,19 @@ _HEADERS = {(1, 'before_epoch'): 'for each epoch:', (2, 'before_train'): 'traini
             (2, 'before_validate'): 'validation:', (3, 'before_batch'): 'for each batch:'}
 
 @patch
-def show_training_loop(self:Learner):
-    "Print each event of the loop, in order, with the callbacks that run at it."
+def show_training_loop(self:Learner, cbs=None):
+    "Print each event of the loop with the callbacks that run at it, including `cbs` (default: the last fit's own), marked *."
+    extra = list(self.fit_cbs) if cbs is None else [_as_callback(c) for c in (cbs if isinstance(cbs, (list, tuple)) else [cbs])]
+    everyone = sort_callbacks(self._cbs + [c for c in extra if c not in self._cbs])
+    tables, training = {True: dispatch_lists(everyone, True), False: dispatch_lists(everyone, False)}, True
     for depth, ev in _LOOP:
+        if ev == 'before_validate': training = False
         if (depth, ev) in _HEADERS: print('  ' * (depth - 1) + _HEADERS[(depth, ev)])
-        names = ', '.join(repr(h.__self__) for h in self._dispatch[ev]) or '-'
+        names = ', '.join(repr(h.__self__) + '*' * (h.__self__ in extra) for h in tables[training][ev]) or '-'
         print('  ' * depth + f'{ev:<22}: {names}')
+    if extra: print('* for one fit only')
 
-# %% ../nbs/04_learner.ipynb #bc6e5823
+# %% ../nbs/04_learner.ipynb #93f659f1
 @patch
 @contextmanager
 def no_bar(self:Learner):

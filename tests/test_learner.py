@@ -23,7 +23,7 @@ from learnerlab.optimizer import SGD
 
 torch.set_num_threads(1)
 N_EPOCH, N_TRAIN, N_VALID = 2, 2, 1
-MAIN_EVENTS = [e for e in EVENTS if not e.startswith('after_cancel')]
+MAIN_EVENTS = [e for e in EVENTS if not e.startswith('after_cancel') and e != 'after_create']
 
 
 def tiny_dls(n_train=N_TRAIN, n_valid=N_VALID, bs=4):
@@ -83,11 +83,9 @@ class Spec:
         def body():
             self.ev('after_pred'); self.ev('after_loss')
             if training:
-                for e in ['before_backward', 'after_backward', 'before_step', 'after_step']: self.ev(e)
-        try:
-            self.ev('before_batch'); body()
-        except CancelBatchException: self.ev('after_cancel_batch')
-        self.ev('after_batch')
+                self.ev('before_backward'); self.ev('after_backward')
+                self.part('step', lambda: None)
+        self.part('batch', body)
 
     def epoch(self):
         self.part('train', lambda: [self.batch(True) for _ in range(N_TRAIN)])
@@ -247,11 +245,11 @@ def test_dispatch_lists_only_hold_handlers():
     class OnlyLoss(Callback):
         def after_loss(self): pass
     learn = tiny_learner(cbs=OnlyLoss)
-    handlers = {ev: [h.__self__ for h in learn._dispatch[ev]] for ev in EVENTS}
+    handlers = {ev: [h.__self__ for h in learn._train_dispatch[ev] + learn._valid_dispatch[ev]] for ev in EVENTS}
     assert learn.only_loss in handlers['after_loss']
     assert all(learn.only_loss not in hs for ev, hs in handlers.items() if ev != 'after_loss')
     learn.remove_cb(learn.only_loss)
-    assert all(not isinstance(h.__self__, OnlyLoss) for hs in learn._dispatch.values() for h in hs)
+    assert all(not isinstance(h.__self__, OnlyLoss) for hs in learn._train_dispatch.values() for h in hs)
     assert 'only_loss' not in learn.__dict__
 
 
