@@ -7,15 +7,17 @@ Docs: https://learnerlab.github.io/learnerlab/all.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/11_all.ipynb #2686e0e1
+# %% ../nbs/11_all.ipynb #33bb6829
 from functools import partial
 import torch
 from torch import nn
-from . import (optimizer, widgets, callback, recorder, progress, learner, predict, checkpoint, schedule, training,
+from . import (optimizer, widgets, callback, dataloaders, train_eval, recorder, progress, learner, predict, checkpoint, schedule, training,
                         data, vision, distributed)
 from .optimizer import *
 from .widgets import *
 from .callback import *
+from .dataloaders import *
+from .train_eval import *
 from .recorder import *
 from .progress import *
 from .learner import *
@@ -26,9 +28,10 @@ from .training import *
 from .data import *
 from .vision import *
 from .distributed import *
+from torchvision.models import resnet18, resnet34, resnet50
 
-# %% ../nbs/11_all.ipynb #4d29731b
-__all__ = ['partial', 'torch', 'nn', *optimizer.__all__, *widgets.__all__, *callback.__all__, *recorder.__all__,
+# %% ../nbs/11_all.ipynb #52d3840d
+__all__ = ['partial', 'torch', 'nn', 'resnet18', 'resnet34', 'resnet50', *optimizer.__all__, *widgets.__all__, *callback.__all__, *dataloaders.__all__, *train_eval.__all__, *recorder.__all__,
            *progress.__all__, *learner.__all__, *predict.__all__, *checkpoint.__all__,
            *schedule.__all__, *training.__all__, *data.__all__, *vision.__all__,
            *distributed.__all__]

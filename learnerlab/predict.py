@@ -7,18 +7,20 @@ Docs: https://learnerlab.github.io/learnerlab/predict.html.md"""
 # %% auto #0
 __all__ = ['GatherPreds']
 
-# %% ../nbs/04a_predict.ipynb #6bb7b71a
+# %% ../nbs/04a_predict.ipynb #12a8b3db
 import torch
 from fastcore.basics import patch
 
 from .callback import *
-from .learner import Learner, _check_dl
+from .learner import Learner
+from .dataloaders import _check_dl
 
-# %% ../nbs/04a_predict.ipynb #ece9a964
+# %% ../nbs/04a_predict.ipynb #5089af72
 class GatherPreds(Callback):
     "Collect predictions, targets and (with `with_loss`) per-item losses during a validation pass."
     order = 100
-    def __init__(self, with_loss=False): self.with_loss, self.preds, self.targs, self.losses = with_loss, [], [], []
+    def __init__(self, with_loss=False, with_input=False):
+        self.with_loss, self.with_input, self.preds, self.targs, self.losses, self.inputs = with_loss, with_input, [], [], [], []
     def after_loss(self):
         if self.with_loss: self.losses.append(_unreduced_loss(self.learn).detach())
     def after_batch(self):
@@ -26,6 +28,7 @@ class GatherPreds(Callback):
         if not isinstance(learn.pred, torch.Tensor): raise TypeError("get_preds needs the model (after callbacks) to return a tensor")
         self.preds.append(learn.pred.detach())
         if learn.yb: self.targs.append(learn.yb[0].detach())
+        if self.with_input: self.inputs.append(learn.x.detach())
 
 def _unreduced_loss(learn):
     "The loss of each item of the current batch (`loss_func` with reduction='none')."
@@ -35,12 +38,19 @@ def _unreduced_loss(learn):
     try: return lf(learn.pred, *learn.yb)
     finally: lf.reduction = old
 
-# %% ../nbs/04a_predict.ipynb #2a5f4fb7
-@patch
-def _validation_pass(self:Learner, dl, cbs=()):
-    "Run the validation part of an epoch on `dl` with extra `cbs`, quietly; restore the model's mode."
-    dl = self.dls.valid if dl is None else dl
+# %% ../nbs/04a_predict.ipynb #2871def6
+def _pick_dl(dls, dl, ds_idx):
+    "`dl`, or the DataLoader number `ds_idx` of `dls` (0: training, 1: validation), or a clear error."
+    if dl is not None: return dl
+    if ds_idx not in (0, 1): raise ValueError(f"ds_idx must be 0 (dls.train) or 1 (dls.valid), got {ds_idx!r}")
+    dl = dls.train if ds_idx == 0 else dls.valid
     if dl is None: raise ValueError("no validation data: pass dl=... or build the DataLoaders with a valid_dl")
+    return dl
+
+@patch
+def _validation_pass(self:Learner, dl, cbs=(), ds_idx=1):
+    "Run the validation part of an epoch on `dl` (or `dls[ds_idx]`) with extra `cbs`, quietly; restore the model's mode."
+    dl = _pick_dl(self.dls, dl, ds_idx)
     _check_dl(dl, 'dl')
     mode = self.model.training
     try:
@@ -48,20 +58,23 @@ def _validation_pass(self:Learner, dl, cbs=()):
     finally: self.model.train(mode)
 
 @patch
-def validate(self:Learner, dl=None, cbs=None):
-    "Validation loss and metrics on `dl` (default: `dls.valid`), as computed by the `Recorder`."
-    self._validation_pass(dl, [] if cbs is None else list(cbs))
-    rec = self.__dict__.get('recorder')
+def validate(self:Learner, dl=None, cbs=None, ds_idx=1):
+    "Loss and metrics on `dl` (default: `dls.valid`, or `dls.train` with `ds_idx=0`), as computed by the `Recorder`."
+    self._validation_pass(dl, [] if cbs is None else list(cbs), ds_idx)
+    rec = self.recorder_cb
     return None if rec is None else rec.valid_record
 
 @patch
-def get_preds(self:Learner, dl=None, with_loss=False):
-    "Predictions and targets over `dl` (default: `dls.valid`), plus per-item losses if `with_loss`."
-    gather = GatherPreds(with_loss)
-    self._validation_pass(dl, [gather])
+def get_preds(self:Learner, dl=None, with_loss=False, act=None, with_input=False, ds_idx=1):
+    "(inputs if `with_input`,) predictions (through `act` if given), targets (and per-item losses) over `dl` or `dls[ds_idx]`."
+    if act is not None and not callable(act): raise TypeError(f"act must be a function applied to the predictions, got {act!r}")
+    gather = GatherPreds(with_loss, with_input)
+    self._validation_pass(dl, [gather], ds_idx)
     if not gather.preds: raise ValueError("get_preds: the DataLoader yielded no batches")
-    res = [torch.cat(gather.preds), torch.cat(gather.targs) if gather.targs else None]
+    preds = torch.cat(gather.preds)
+    res = [preds if act is None else act(preds), torch.cat(gather.targs) if gather.targs else None]
     if with_loss: res.append(torch.cat(gather.losses) if gather.losses else None)
+    if with_input: res.insert(0, torch.cat(gather.inputs))
     return tuple(res)
 
 @patch

@@ -9,19 +9,20 @@ __all__ = ['MixedPrecision', 'TerminateOnNaNCallback', 'ModelResetter', 'RNNRegu
            'TrackerCallback', 'EarlyStoppingCallback', 'SaveModelCallback', 'ReduceLROnPlateau', 'CSVLogger',
            'ShowGraphCallback']
 
-# %% ../nbs/06_callbacks.ipynb #deea0995
+# %% ../nbs/06_callbacks.ipynb #3827adb6
 import csv, math, time
 from pathlib import Path
 import torch
 from torch import nn
 from fastcore.basics import patch
 from .callback import Callback, CancelBatchException, CancelStepException, CancelFitException
-from .learner import Learner, TrainEvalCallback
+from .learner import Learner
+from .train_eval import TrainEvalCallback
 from .recorder import Recorder, find_bs
 from .progress import ProgressCallback
 from . import checkpoint   # Learner.save and Learner.load, which SaveModelCallback calls
 
-# %% ../nbs/06_callbacks.ipynb #6a1f2065
+# %% ../nbs/06_callbacks.ipynb #146aaef7
 _HALF = {'fp16': torch.float16, 'float16': torch.float16, 'half': torch.float16,
          'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16}
 
@@ -45,7 +46,7 @@ class _ScalerTarget:
         return [{'params': [p for p in self.learn.model.parameters() if p.grad is not None]}]
     def step(self): self.stepped = True
 
-# %% ../nbs/06_callbacks.ipynb #80f1720b
+# %% ../nbs/06_callbacks.ipynb #b934d872
 class MixedPrecision(Callback):
     "Forward pass and loss under `torch.autocast` in `dtype`; dynamic loss scaling (GradScaler) for float16."
     order = 10
@@ -105,7 +106,7 @@ class MixedPrecision(Callback):
         "Keep checkpoint state `sd` for the next fit, which creates the GradScaler."
         self._loaded = {'scaler': dict(sd.get('scaler') or {}), 'skipped': int(sd.get('skipped', 0))}
 
-# %% ../nbs/06_callbacks.ipynb #5b4ac47b
+# %% ../nbs/06_callbacks.ipynb #227eab41
 @patch
 def to_fp16(self:Learner, **scaler_kwargs):
     "Train with float16 mixed precision and dynamic loss scaling (kwargs go to `torch.amp.GradScaler`); return self."
@@ -127,7 +128,7 @@ def to_fp32(self:Learner):
     self.model.float()
     return self
 
-# %% ../nbs/06_callbacks.ipynb #66e5b0b8
+# %% ../nbs/06_callbacks.ipynb #4b39c823
 class TerminateOnNaNCallback(Callback):
     "Stop training as soon as the loss is infinite or NaN."
     run_before = (Recorder,)
@@ -135,7 +136,7 @@ class TerminateOnNaNCallback(Callback):
         loss = self.learn.loss
         if self.learn.training and loss is not None and not torch.isfinite(loss).all(): raise CancelFitException
 
-# %% ../nbs/06_callbacks.ipynb #4aa2e6c6
+# %% ../nbs/06_callbacks.ipynb #87c9517e
 class ModelResetter(Callback):
     "Call `model.reset()` before training, before validation and after the fit (for stateful RNNs)."
     def before_fit(self):
@@ -145,7 +146,7 @@ class ModelResetter(Callback):
     def begin_validate(self): self.learn.model.reset()
     def after_fit(self): self.learn.model.reset()
 
-# %% ../nbs/06_callbacks.ipynb #03061d38
+# %% ../nbs/06_callbacks.ipynb #82155255
 class RNNRegularizer(Callback):
     "Add AR (`alpha`, on activations) and TAR (`beta`, on their change over time) penalties to the loss."
     def __init__(self, alpha=0., beta=0.): self.alpha, self.beta = alpha, beta
@@ -165,7 +166,7 @@ class RNNRegularizer(Callback):
             if h.shape[1] > 1:
                 self.learn.loss = self.learn.loss + self.beta * (h[:, 1:] - h[:, :-1]).float().pow(2).mean()
 
-# %% ../nbs/06_callbacks.ipynb #a829c852
+# %% ../nbs/06_callbacks.ipynb #d33d5749
 class GradientClip(Callback):
     "Clip the gradients' global `norm_type` norm to `max_norm` before each optimizer step."
     order, run_after = 20, (MixedPrecision,)
@@ -175,7 +176,7 @@ class GradientClip(Callback):
     def before_step(self):
         nn.utils.clip_grad_norm_(self.learn.model.parameters(), self.max_norm, self.norm_type)
 
-# %% ../nbs/06_callbacks.ipynb #ea31892d
+# %% ../nbs/06_callbacks.ipynb #247a0c2b
 class GradientAccumulation(Callback):
     "Accumulate gradients and step only once every `n_acc` items; the loss is scaled by `bs/n_acc` for the backward."
     order, run_before = 5, (MixedPrecision,)
@@ -201,7 +202,7 @@ class GradientAccumulation(Callback):
     def after_fit(self):
         if self.count and self.learn.opt is not None: self.learn.opt.zero_grad()
 
-# %% ../nbs/06_callbacks.ipynb #649effb8
+# %% ../nbs/06_callbacks.ipynb #224dd96a
 def _lower_is_better(name): return 'loss' in name or 'error' in name
 
 class TrackerCallback(Callback):
@@ -236,7 +237,7 @@ class TrackerCallback(Callback):
     def state_dict(self): return {'best': self.best}
     def load_state_dict(self, sd): self.best = sd['best']
 
-# %% ../nbs/06_callbacks.ipynb #0b9eb26f
+# %% ../nbs/06_callbacks.ipynb #7c93e3e3
 class EarlyStoppingCallback(TrackerCallback):
     "Stop training when `monitor` has not improved by more than `min_delta` for `patience` epochs."
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, reset_on_fit=True):
@@ -252,7 +253,7 @@ class EarlyStoppingCallback(TrackerCallback):
             self.stopped_epoch = self.learn.epoch
             raise CancelFitException
 
-# %% ../nbs/06_callbacks.ipynb #9c52229d
+# %% ../nbs/06_callbacks.ipynb #57d5ba3d
 class SaveModelCallback(TrackerCallback):
     "Save the model when `monitor` improves (or every epoch) to `fname`; reload the best one at the end."
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., fname='model', every_epoch=False,
@@ -273,7 +274,7 @@ class SaveModelCallback(TrackerCallback):
         if not self.every_epoch and self.saved_best:
             self.learn.load(self.fname, with_opt=self.with_opt, with_cbs=False, with_rng=False)
 
-# %% ../nbs/06_callbacks.ipynb #6cc3345a
+# %% ../nbs/06_callbacks.ipynb #f798dc32
 class ReduceLROnPlateau(TrackerCallback):
     "Divide the learning rate by `factor` (not below `min_lr`) when `monitor` has not improved for `patience` epochs."
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, factor=10., min_lr=0,
@@ -293,7 +294,7 @@ class ReduceLROnPlateau(TrackerCallback):
             self.learn.opt.set_hyper('lr', lrs)
             self.reductions.append((self.learn.epoch, lrs[-1]))
 
-# %% ../nbs/06_callbacks.ipynb #75e05c9e
+# %% ../nbs/06_callbacks.ipynb #c38a655b
 class CSVLogger(Callback):
     "Write the results table, one row per epoch, to the CSV file `learn.path/fname` (appending if `append`)."
     order, watches_results = 56, True
@@ -327,7 +328,7 @@ class CSVLogger(Callback):
         "The rows written so far, as a list of dicts column -> string."
         with open(self.path, newline='') as f: return list(csv.DictReader(f))
 
-# %% ../nbs/06_callbacks.ipynb #d6558244
+# %% ../nbs/06_callbacks.ipynb #e1ba074f
 class ShowGraphCallback(Callback):
     "Live plot of the training and validation losses, updated after each epoch."
     order = 65    # after the Recorder and the progress bar

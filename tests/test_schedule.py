@@ -274,3 +274,13 @@ def test_terminate_on_nan_and_early_stopping():
     learn = _learner(lr=0., cbs=EarlyStoppingCallback(patience=3))
     learn.fit(20)
     fct.test_eq(len(learn.recorder.values), 4)
+
+
+def test_show_training_loop_after_fit_one_cycle_shows_the_scheduler(capsys):
+    learn = _learner(opt_func=SGD)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 0.05)
+    capsys.readouterr()
+    learn.show_training_loop()
+    out = capsys.readouterr().out
+    assert 'ParamScheduler*' in out and '* for one fit only' in out
+    assert 'param_scheduler' not in learn.__dict__             # shown, but not attached any more
