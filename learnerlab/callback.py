@@ -10,26 +10,26 @@ __all__ = ['EVENTS', 'ALIASES', 'event', 'CANCELS', 'RUN_FLAGS', 'BATCH_EVENTS',
            'CancelEpochException', 'CancelFitException', 'snake_name', 'Callback', 'event_methods', 'sort_callbacks',
            'EventCall', 'handlers', 'dispatch_lists', 'step_methods', 'name_source', 'call_handler', 'run_after_fit']
 
-# %% ../nbs/03_callback.ipynb #76031aed
+# %% ../nbs/03_callback.ipynb #8bcb6940
 import re, warnings
 from types import SimpleNamespace
 
-# %% ../nbs/03_callback.ipynb #db0147f4
+# %% ../nbs/03_callback.ipynb #ffe1a13a
 EVENTS = ('after_create', 'before_fit', 'before_epoch', 'before_train', 'before_batch', 'after_pred', 'after_loss',
           'before_backward', 'after_backward', 'before_step', 'after_step', 'after_batch', 'after_train',
           'before_validate', 'after_validate', 'after_epoch', 'after_fit',
           'after_cancel_step', 'after_cancel_batch', 'after_cancel_train', 'after_cancel_validate', 'after_cancel_epoch',
           'after_cancel_fit')
 
-# %% ../nbs/03_callback.ipynb #ad5b2b27
+# %% ../nbs/03_callback.ipynb #5bcbdbde
 ALIASES = {'begin_fit': 'before_fit', 'begin_epoch': 'before_epoch', 'begin_train': 'before_train',
            'begin_batch': 'before_batch', 'begin_validate': 'before_validate',
            'after_cancel_valid': 'after_cancel_validate'}
 
-# %% ../nbs/03_callback.ipynb #11ea778a
+# %% ../nbs/03_callback.ipynb #427ecbc9
 event = SimpleNamespace(**{name: name for name in EVENTS}, **ALIASES)
 
-# %% ../nbs/03_callback.ipynb #fe63c3dc
+# %% ../nbs/03_callback.ipynb #fc040aff
 def event_name(name):
     "The event `name` stands for (`begin_*` and `after_cancel_valid` are aliases); error if unknown."
     name = ALIASES.get(name, name)
@@ -37,7 +37,7 @@ def event_name(name):
         raise ValueError(f"unknown event {name!r}: use one of {', '.join(EVENTS)} (or a begin_* alias)")
     return name
 
-# %% ../nbs/03_callback.ipynb #2dc54e5e
+# %% ../nbs/03_callback.ipynb #155de8ae
 class CancelStepException(Exception):
     "Skip the optimizer step of this batch; runs `after_cancel_step`, then `after_step`, and the batch goes on."
 
@@ -56,11 +56,11 @@ class CancelEpochException(Exception):
 class CancelFitException(Exception):
     "Stop training; runs `after_cancel_fit`, then `after_fit`."
 
-# %% ../nbs/03_callback.ipynb #e9997b86
+# %% ../nbs/03_callback.ipynb #1652206a
 CANCELS = {'step': CancelStepException, 'batch': CancelBatchException, 'train': CancelTrainException, 'validate': CancelValidException,
            'epoch': CancelEpochException, 'fit': CancelFitException}
 
-# %% ../nbs/03_callback.ipynb #5edd7789
+# %% ../nbs/03_callback.ipynb #1b593016
 def snake_name(class_name):
     "`class_name` in snake_case without a trailing 'Callback' (`TrainEvalCallback` -> 'train_eval')."
     if class_name.endswith('Callback') and class_name != 'Callback': class_name = class_name[:-len('Callback')]
@@ -68,7 +68,7 @@ def snake_name(class_name):
     words = re.sub(r'([a-z0-9])([A-Z])', r'\1_\2', words)
     return words.lower()
 
-# %% ../nbs/03_callback.ipynb #6b6c644a
+# %% ../nbs/03_callback.ipynb #3495face
 RUN_FLAGS = ('run', 'run_train', 'run_valid')
 
 def _writes_learner_attr(cb, name, learn):
@@ -76,7 +76,7 @@ def _writes_learner_attr(cb, name, learn):
     return (learn is not None and not name.startswith('_') and name not in cb.__dict__
             and not hasattr(type(cb), name) and hasattr(learn, name))
 
-# %% ../nbs/03_callback.ipynb #2e97827f
+# %% ../nbs/03_callback.ipynb #79dbad63
 class Callback:
     "Base class of training-loop callbacks: define methods named after events."
     order, run_before, run_after = 0, (), ()
@@ -98,6 +98,7 @@ class Callback:
             raise AttributeError(f"neither {type(self).__name__} nor its learner has an attribute {name!r}") from None
 
     def __setattr__(self, name, value):
+        if name[0] == '_': return object.__setattr__(self, name, value)    # private: the callback's own (fast path)
         learn = self.__dict__.get('learn')
         if _writes_learner_attr(self, name, learn):
             raise AttributeError(f"{type(self).__name__} wrote self.{name}, which only sets an attribute on the "
@@ -111,7 +112,7 @@ class Callback:
 
     def __repr__(self): return type(self).__name__
 
-# %% ../nbs/03_callback.ipynb #b1bdba3b
+# %% ../nbs/03_callback.ipynb #7a736c44
 def event_methods(cb, event):
     "Bound methods of `cb` that handle `event` (its own name first, then old aliases)."
     names = [event] + [old for old, new in ALIASES.items() if new == event]
@@ -120,7 +121,7 @@ def event_methods(cb, event):
         if name in cb.__dict__ or hasattr(type(cb), name): methods.append(getattr(cb, name))
     return methods
 
-# %% ../nbs/03_callback.ipynb #80d62e65
+# %% ../nbs/03_callback.ipynb #6a254cc8
 def _as_tuple(x):
     "`x` as a tuple; a single class or string becomes a 1-tuple."
     if x is None: return ()
@@ -133,7 +134,7 @@ def _matches(cb, target):
     if isinstance(target, type): return isinstance(cb, target)
     raise TypeError(f"run_before/run_after of {type(cb).__name__} holds {target!r}: use classes or names")
 
-# %% ../nbs/03_callback.ipynb #359bbafe
+# %% ../nbs/03_callback.ipynb #4dcd461b
 def _edges(cbs):
     "For each index, the set of indices that must run after it."
     after = {i: set() for i in range(len(cbs))}
@@ -171,7 +172,7 @@ def sort_callbacks(cbs):
         for j in after[i]: n_before[j] -= 1
     return result
 
-# %% ../nbs/03_callback.ipynb #7158b47e
+# %% ../nbs/03_callback.ipynb #5e78e5c2
 BATCH_EVENTS = frozenset({'before_batch', 'after_pred', 'after_loss', 'before_backward', 'after_backward', 'before_step',
                           'after_step', 'after_cancel_step', 'after_cancel_batch', 'after_batch'})
 
@@ -197,7 +198,7 @@ def dispatch_lists(cbs, training=True):
     "For each event, the handlers of the (already sorted) `cbs`, in order, in training (or validation) by their run flags."
     return {ev: [h for cb in cbs if _runs(cb, ev, training) for h in handlers(cb, ev)] for ev in EVENTS}
 
-# %% ../nbs/03_callback.ipynb #bed61a89
+# %% ../nbs/03_callback.ipynb #8631e227
 STEPS = ('predict', 'loss', 'backward', 'step', 'zero_grad')
 
 def step_methods(cbs):
@@ -213,7 +214,7 @@ def step_methods(cbs):
             found[step] = getattr(cb, f'do_{step}')
     return found
 
-# %% ../nbs/03_callback.ipynb #ccd932f9
+# %% ../nbs/03_callback.ipynb #3890d2f9
 CONTROL_EXCEPTIONS = tuple(CANCELS.values())
 
 def _add_note(err, note):
@@ -235,7 +236,7 @@ def call_handler(handler, event):
         name_source(e, handler, event)
         raise
 
-# %% ../nbs/03_callback.ipynb #1e28f01f
+# %% ../nbs/03_callback.ipynb #e00244a7
 def run_after_fit(cbs, error=None):
     "Run `after_fit` for each of `cbs`, all of them even if some fail; then raise `error` or the first failure."
     for cb in cbs:

@@ -7,10 +7,10 @@ Docs: https://learnerlab.github.io/learnerlab/train_eval.html.md"""
 # %% auto #0
 __all__ = ['TrainEvalCallback']
 
-# %% ../nbs/03d_train_eval.ipynb #7efa4e6c
+# %% ../nbs/03d_train_eval.ipynb #fa7ed178
 from .callback import *
 
-# %% ../nbs/03d_train_eval.ipynb #5f31bb9f
+# %% ../nbs/03d_train_eval.ipynb #94703cd6
 class TrainEvalCallback(Callback):
     "Switch the model between train and eval mode; track `train_iter`, `pct_train` and `training` (cancelled steps do not count)."
     order = -10
@@ -36,8 +36,8 @@ class TrainEvalCallback(Callback):
         if not learn.training: return
         if self._void: self.skipped, self._void = self.skipped + 1, False
         else:
-            learn.train_iter += 1
-            learn.pct_train = learn.train_iter / self._total
+            n = learn.train_iter = learn.train_iter + 1
+            learn.pct_train = n / self._total
 
     def before_validate(self):
         self.learn.model.eval(); self.learn.training = False
