@@ -7,7 +7,7 @@ Docs: https://learnerlab.github.io/learnerlab/learner.html.md"""
 # %% auto #0
 __all__ = ['EXTENSIONS', 'Learner']
 
-# %% ../nbs/04_learner.ipynb #992a4869
+# %% ../nbs/04_learner.ipynb #0240a432
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +24,7 @@ from .recorder import *
 from .progress import *
 from .optimizer import Adam, SGD
 
-# %% ../nbs/04_learner.ipynb #c96095a2
+# %% ../nbs/04_learner.ipynb #7404329c
 def _default_loss(dls, loss_func):
     "`loss_func`, or a default from the data, or a clear error."
     if loss_func is not None: return loss_func
@@ -47,13 +47,13 @@ def _as_callback(cb):
     if isinstance(cb, Callback): return cb
     raise TypeError(f"callbacks must be Callback instances or Callback classes, got {cb!r}")
 
-# %% ../nbs/04_learner.ipynb #f78bb5ec
+# %% ../nbs/04_learner.ipynb #5b21a677
 EXTENSIONS = {**dict.fromkeys(('validate', 'get_preds', 'predict'), 'predict'),
               **dict.fromkeys(('ckpt_path', 'save', 'load'), 'checkpoint'),
               **dict.fromkeys(('fit_one_cycle', 'fit_flat_cos', 'fit_sgdr', 'lr_find'), 'schedule'),
               **dict.fromkeys(('to_fp16', 'to_bf16', 'to_fp32'), 'training'), 'distrib_ctx': 'distributed'}
 
-# %% ../nbs/04_learner.ipynb #8d97fb15
+# %% ../nbs/04_learner.ipynb #087e98fc
 class Learner:
     "The training loop: model, data, loss, optimizer factory, and the callbacks it calls at each event."
     default_cbs = (TrainEvalCallback, Recorder, ProgressCallback)
@@ -149,7 +149,7 @@ class Learner:
         self._train_dispatch, self._valid_dispatch = dispatch_lists(self._cbs, True), dispatch_lists(self._cbs, False)
         self._dispatch = self._train_dispatch if self.training else self._valid_dispatch
         replaced = step_methods(self._cbs)
-        self._steps = tuple(replaced.get(s, getattr(self, f'_{s}')) for s in STEPS)   # in the order of STEPS
+        self._steps = tuple(replaced.get(s) for s in STEPS)     # a callback's do_<step>, or None: the loop's own line
         self._step_gates = [cb.will_step for cb in self._cbs if cb.run and callable(getattr(type(cb), 'will_step', None))]
 
     def _split(self, b):
@@ -160,14 +160,7 @@ class Learner:
         if dev is not None: b = tuple([o.to(dev, non_blocking=True) if type(o) is torch.Tensor else to_device(o, dev) for o in b])
         self._xb, self._yb = b[:self.n_inp], b[self.n_inp:]
 
-    # -- the five steps of the chapter's loop; a callback's do_<step> method replaces one (see `step_methods`)
-    def _predict(self): self.pred = self.model(*self._xb)
-    def _loss(self): self.loss = self.loss_func(self.pred, *self._yb)
-    def _backward(self): self.loss.backward()
-    def _step(self): self.opt.step()
-    def _zero_grad(self): self.opt.zero_grad()
-
-# %% ../nbs/04_learner.ipynb #7a659581
+# %% ../nbs/04_learner.ipynb #6d5bb95e
 _PARTS = {part: (f'before_{part}', f'after_cancel_{part}', f'after_{part}', exc) for part, exc in CANCELS.items()}
 
 @patch
@@ -181,21 +174,28 @@ def _with_events(self:Learner, part, body, dispatch=None):
     except cancel: dispatch(after_cancel)
     dispatch(after)
 
-# %% ../nbs/04_learner.ipynb #0b3e2778
+# %% ../nbs/04_learner.ipynb #722f5601
 @patch
 def _do_batch(self:Learner):
     "The chapter's five lines with their events: predict, loss, and in training backward, step, zero_grad."
-    predict, loss, backward, step, zero_grad = self._steps
-    predict(); self('after_pred')
+    predict, loss, backward, step, zero_grad = self._steps     # a callback's do_<step>, or None
+    if predict: predict()
+    else: self.pred = self.model(*self._xb)
+    self('after_pred')
     if not self._yb: return
-    loss()
+    if loss: loss()
+    else: self.loss = self.loss_func(self.pred, *self._yb)
     if getattr(self.loss, 'ndim', None) != 0: raise _not_scalar(self.loss)
     self('after_loss')
     if not self.training: return
-    self('before_backward'); backward(); self('after_backward')
+    self('before_backward')
+    if backward: backward()
+    else: self.loss.backward()
+    self('after_backward')
     if self._step_gates and not self.step_due(): return      # accumulating gradients: no step yet, keep them
-    self._with_events('step', step)
-    zero_grad()
+    self._with_events('step', step or self.opt.step)
+    if zero_grad: zero_grad()
+    else: self.opt.zero_grad()
 
 @patch
 def _all_batches(self:Learner):
@@ -205,7 +205,7 @@ def _all_batches(self:Learner):
         split(b)
         with_events('batch', do_batch)
 
-# %% ../nbs/04_learner.ipynb #bbf16066
+# %% ../nbs/04_learner.ipynb #7d9e67c0
 @patch
 def _do_train(self:Learner):
     "The training part of an epoch: every batch of `dls.train`."
@@ -234,7 +234,7 @@ def _do_epoch(self:Learner):
 def _all_epochs(self:Learner):
     for self.epoch in range(self.start_epoch, self.n_epoch): self._with_events('epoch', self._do_epoch)
 
-# %% ../nbs/04_learner.ipynb #7a940807
+# %% ../nbs/04_learner.ipynb #149ae880
 @patch
 def _fit_event(self:Learner, event):
     "Announce a fit event: `before_fit` callback by callback (recording who is set up), the others to the set-up ones."
@@ -267,14 +267,14 @@ def _recover(self:Learner, mode):
     self.training = False
     if self.opt is not None: self.opt.zero_grad()
 
-# %% ../nbs/04_learner.ipynb #d835fa59
+# %% ../nbs/04_learner.ipynb #f4797562
 def _not_scalar(loss):
     "The error for a loss that is not a scalar tensor."
     what = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else f"a {type(loss).__name__}"
     return ValueError(f"loss_func returned {what}; it must return a scalar tensor: use a mean reduction "
                       f"(e.g. nn.CrossEntropyLoss() rather than reduction='none') or reduce it in loss_func")
 
-# %% ../nbs/04_learner.ipynb #81effdda
+# %% ../nbs/04_learner.ipynb #01c78a13
 @patch
 def add_cb(self:Learner, cb):
     "Attach callback `cb` (an instance or a class) and expose it as `learn.<cb.name>`; return it."
@@ -314,7 +314,7 @@ def remove_cbs(self:Learner, cbs):
     "Detach each callback of `cbs`."
     for cb in cbs: self.remove_cb(cb)
 
-# %% ../nbs/04_learner.ipynb #e30b7223
+# %% ../nbs/04_learner.ipynb #a0d73359
 @patch
 @contextmanager
 def added_cbs(self:Learner, cbs):
@@ -337,7 +337,7 @@ def removed_cbs(self:Learner, cbs):
         for cb in cbs:
             if cb not in self._cbs: self.add_cb(cb)
 
-# %% ../nbs/04_learner.ipynb #60296ca7
+# %% ../nbs/04_learner.ipynb #b7486f32
 @patch
 def create_opt(self:Learner):
     "Create `self.opt` with `opt_func(splitter(model), lr=lr)`, then set `wd` and `train_bn` on it."
@@ -346,7 +346,7 @@ def create_opt(self:Learner):
     if hasattr(self.opt, 'train_bn'): self.opt.train_bn = self.train_bn
     return self.opt
 
-# %% ../nbs/04_learner.ipynb #d2151b81
+# %% ../nbs/04_learner.ipynb #2a2f9758
 def _check_epochs(n_epoch, start_epoch):
     "Errors for impossible epoch counts."
     for name, v in (('n_epoch', n_epoch), ('start_epoch', start_epoch)):
@@ -371,7 +371,7 @@ def fit(self:Learner, n_epoch, lr=None, wd=None, cbs=None, reset_opt=False, star
         self.n_epoch, self.start_epoch = n_epoch, start_epoch
         self._do_fit()
 
-# %% ../nbs/04_learner.ipynb #687644f2
+# %% ../nbs/04_learner.ipynb #8ae24b26
 @patch
 def freeze_to(self:Learner, n):
     "Train only parameter groups `n` onwards (creating the optimizer if needed)."
@@ -388,7 +388,7 @@ def unfreeze(self:Learner):
     "Train every parameter group."
     self.freeze_to(0)
 
-# %% ../nbs/04_learner.ipynb #b8a3c543
+# %% ../nbs/04_learner.ipynb #dcdcb019
 _LOOP = [(0, 'after_create'), (0, 'before_fit'), (1, 'before_epoch'), (2, 'before_train'), (3, 'before_batch'),
          (3, 'after_pred'), (3, 'after_loss'), (3, 'before_backward'), (3, 'after_backward'), (3, 'before_step'),
          (3, 'after_cancel_step'), (3, 'after_step'),
@@ -412,7 +412,7 @@ def show_training_loop(self:Learner, cbs=None):
         print('  ' * depth + f'{ev:<22}: {names}')
     if extra: print('* for one fit only')
 
-# %% ../nbs/04_learner.ipynb #a5dd8766
+# %% ../nbs/04_learner.ipynb #7cd89c09
 @patch
 @contextmanager
 def no_bar(self:Learner):
