@@ -7,26 +7,36 @@ Docs: https://learnerlab.github.io/learnerlab/all.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/11_all.ipynb #cedbb477
+# %% ../nbs/11_all.ipynb #33bb6829
 from functools import partial
 import torch
 from torch import nn
-from . import optimizer, multi_tensor, optim_impl, optim_extra, widgets, callback, learner, schedule, training, speed, data, vision, distributed
+from . import (optimizer, multi_tensor, optim_impl, optim_extra, widgets, callback, dataloaders, train_eval, recorder, progress, learner, predict, checkpoint, schedule, training,
+                        speed, data, vision, distributed)
 from .optimizer import *
 from .multi_tensor import *
 from .optim_impl import *
 from .optim_extra import *
 from .widgets import *
 from .callback import *
+from .dataloaders import *
+from .train_eval import *
+from .recorder import *
+from .progress import *
 from .learner import *
+from .predict import *
+from .checkpoint import *
 from .schedule import *
 from .training import *
 from .speed import *
 from .data import *
 from .vision import *
 from .distributed import *
+from torchvision.models import resnet18, resnet34, resnet50
 
-# %% ../nbs/11_all.ipynb #12b14feb
-__all__ = ['partial', 'torch', 'nn', *optimizer.__all__, *multi_tensor.__all__, *optim_impl.__all__, *optim_extra.__all__, *widgets.__all__, *callback.__all__, *learner.__all__,
+# %% ../nbs/11_all.ipynb #52d3840d
+__all__ = ['partial', 'torch', 'nn', 'resnet18', 'resnet34', 'resnet50', *optimizer.__all__, *multi_tensor.__all__, *optim_impl.__all__,
+           *optim_extra.__all__, *widgets.__all__, *callback.__all__, *dataloaders.__all__, *train_eval.__all__, *recorder.__all__,
+           *progress.__all__, *learner.__all__, *predict.__all__, *checkpoint.__all__,
            *schedule.__all__, *training.__all__, *speed.__all__, *data.__all__, *vision.__all__,
            *distributed.__all__]

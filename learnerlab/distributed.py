@@ -9,7 +9,7 @@ __all__ = ['num_distrib', 'rank_distrib', 'local_rank_distrib', 'default_backend
            'rank0_first', 'shard_dl', 'merge_shards', 'gather_batch', 'free_port', 'torchrun_cmd', 'run_torchrun',
            'DistributedTrainer']
 
-# %% ../nbs/09_distributed.ipynb #1a72b4ff
+# %% ../nbs/09_distributed.ipynb #d0d904ab
 import os, sys, gc, socket, signal, subprocess, tempfile, shutil, datetime, warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,9 +21,11 @@ import copy
 from contextlib import ExitStack
 from fastcore.basics import patch
 from .callback import Callback
-from .learner import Learner, find_bs
+from .learner import Learner
+from .recorder import find_bs
+from . import checkpoint   # Learner.save and Learner.load, which distrib_ctx wraps
 
-# %% ../nbs/09_distributed.ipynb #1bed04f5
+# %% ../nbs/09_distributed.ipynb #38484ce5
 def num_distrib():
     "How many processes train together: the process group's size, else `WORLD_SIZE` (set by torchrun), else 1."
     if dist.is_available() and dist.is_initialized(): return dist.get_world_size()
@@ -38,7 +40,7 @@ def local_rank_distrib():
     "This process's rank on its own machine (`LOCAL_RANK`, else 0): the index of the GPU it uses."
     return int(os.environ.get('LOCAL_RANK', 0))
 
-# %% ../nbs/09_distributed.ipynb #68e83db1
+# %% ../nbs/09_distributed.ipynb #0668f4b8
 def default_backend():
     "'nccl' when CUDA GPUs and NCCL are available, else 'gloo' (CPU)."
     return 'nccl' if torch.cuda.is_available() and dist.is_nccl_available() else 'gloo'
@@ -61,7 +63,7 @@ def teardown_distrib():
     gc.collect()
     dist.destroy_process_group()
 
-# %% ../nbs/09_distributed.ipynb #33faf3f2
+# %% ../nbs/09_distributed.ipynb #88c87b5c
 def rank0_first(func, *args, **kwargs):
     "Call `func(*args, **kwargs)` on rank 0, then (once it is done) on the other ranks; return its result."
     if num_distrib() <= 1 or not dist.is_initialized(): return func(*args, **kwargs)
@@ -70,7 +72,7 @@ def rank0_first(func, *args, **kwargs):
     if rank_distrib() != 0: res = func(*args, **kwargs)
     return res
 
-# %% ../nbs/09_distributed.ipynb #ed87be55
+# %% ../nbs/09_distributed.ipynb #80923bbd
 def shard_dl(dl, rank=None, world=None, seed=0):
     "Copy of DataLoader `dl` that yields only rank `rank`'s share of each epoch, via a `DistributedSampler`."
     if not isinstance(dl, DataLoader):
@@ -92,7 +94,7 @@ def shard_dl(dl, rank=None, world=None, seed=0):
                       persistent_workers=dl.persistent_workers,
                       prefetch_factor=dl.prefetch_factor if dl.num_workers else None)
 
-# %% ../nbs/09_distributed.ipynb #9a6b55f9
+# %% ../nbs/09_distributed.ipynb #bb5c0db6
 def merge_shards(parts, n_items=None):
     "One batch in dataset order from the rank-ordered list `parts` of interleaved shares; keep `n_items` items."
     merged = torch.stack(list(parts), dim=1).flatten(0, 1)
@@ -105,7 +107,7 @@ def gather_batch(t, n_items=None):
     dist.all_gather(parts, t.contiguous())
     return merge_shards(parts, n_items)
 
-# %% ../nbs/09_distributed.ipynb #a7cb207a
+# %% ../nbs/09_distributed.ipynb #11e5e2df
 def free_port(host='127.0.0.1'):
     "A TCP port on `host` that nothing listens on right now (the operating system picks it)."
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -119,7 +121,7 @@ def torchrun_cmd(script, *args, nproc=2, port=None):
     return [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={int(nproc)}',
             '--master-addr=127.0.0.1', f'--master-port={port}', str(script), *[str(a) for a in args]]
 
-# %% ../nbs/09_distributed.ipynb #1f39c276
+# %% ../nbs/09_distributed.ipynb #fdea94a6
 def _child_pids(pid):
     "Process ids of the direct children of `pid` (Linux /proc; empty where unavailable)."
     try: return [int(c) for c in Path(f'/proc/{pid}/task/{pid}/children').read_text().split()]
@@ -151,7 +153,7 @@ def run_torchrun(script, *args, nproc=2, timeout=300, check=True, env=None, cwd=
         raise RuntimeError(f"torchrun job {script} failed with exit code {res.returncode}; its output:\n{out}\n{err}")
     return res
 
-# %% ../nbs/09_distributed.ipynb #26361cf9
+# %% ../nbs/09_distributed.ipynb #b07c3e02
 def _is_sharded(dl):
     "Does `dl` draw its items through a `DistributedSampler`?"
     return isinstance(getattr(dl, 'sampler', None), DistributedSampler)
@@ -161,7 +163,7 @@ def _shard_if_possible(dl, seed):
     if num_distrib() <= 1 or not isinstance(dl, DataLoader) or _is_sharded(dl): return dl
     return shard_dl(dl, seed=seed)
 
-# %% ../nbs/09_distributed.ipynb #9e9a4d15
+# %% ../nbs/09_distributed.ipynb #73366e67
 class DistributedTrainer(Callback):
     "Data-parallel training: DDP model, sharded DataLoaders, global losses and metrics (see `Learner.distrib_ctx`)."
     run_after, run_before = ('GradientAccumulation',), ('TerminateOnNaNCallback', 'Recorder')
@@ -213,12 +215,11 @@ class DistributedTrainer(Callback):
         self._gather, self._seen = num_distrib() > 1 and _is_sharded(self.learn.dl), 0
 
     def before_batch(self):
-        # with GradientAccumulation, skip DDP's gradient averaging on micro-batches that end without a step
-        learn, ga = self.learn, self.learn.__dict__.get('gradient_accumulation')
-        if learn.training and ga is not None and isinstance(learn.model, DDP):
-            if getattr(ga, 'count', 0) + find_bs(learn.yb) < ga.n_acc:
-                self._no_sync = learn.model.no_sync()
-                self._no_sync.__enter__()
+        # a micro-batch of gradient accumulation ends without a step: no need to average its gradients yet
+        learn = self.learn
+        if learn.training and isinstance(learn.model, DDP) and not learn.step_due(find_bs(learn.yb)):
+            self._no_sync = learn.model.no_sync()
+            self._no_sync.__enter__()
 
     def after_pred(self):
         learn = self.learn
@@ -253,7 +254,7 @@ class DistributedTrainer(Callback):
             gc.collect()          # free the wrapper (it sits in reference cycles) while the process group is alive
         if self._dls is not None: learn.dls, self._dls = self._dls, None
 
-# %% ../nbs/09_distributed.ipynb #68d735f7
+# %% ../nbs/09_distributed.ipynb #0ac42f39
 def _plain_model_call(learn, method):
     "Wrap `method` so it runs with `learn.model` unwrapped from DDP (checkpoints hold the plain model)."
     def call(*args, **kwargs):
@@ -272,7 +273,7 @@ def _load_falling_back(learn, load, shared_path):
         finally: learn.path = private
     return call
 
-# %% ../nbs/09_distributed.ipynb #ac672422
+# %% ../nbs/09_distributed.ipynb #e9729e5c
 @patch
 @contextmanager
 def distrib_ctx(self:Learner, backend=None, timeout=1800, seed=0, **ddp_kwargs):

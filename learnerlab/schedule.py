@@ -9,16 +9,17 @@ __all__ = ['SuggestedLRs', 'check_pos', 'Annealer', 'SchedLin', 'SchedCos', 'Sch
            'combine_scheds', 'combined_cos', 'minimum', 'steep', 'valley', 'slide', 'suggest_lrs', 'plot_lr_find',
            'ParamScheduler', 'LRFinder']
 
-# %% ../nbs/05_schedule.ipynb #ce1e125b
+# %% ../nbs/05_schedule.ipynb #2e775c56
 import copy, math, random
 from collections import namedtuple
 import torch
 import matplotlib.pyplot as plt
 from fastcore.basics import patch
 from .callback import Callback, CancelFitException, CancelValidException
-from .learner import Learner, rng_states, set_rng_states
+from .learner import Learner
+from .checkpoint import rng_states, set_rng_states
 
-# %% ../nbs/05_schedule.ipynb #aeba2e46
+# %% ../nbs/05_schedule.ipynb #76bad62f
 def _check_number(x, name):
     "`x` as a float, or a clear error naming `name`."
     if isinstance(x, bool) or not isinstance(x, (int, float)):
@@ -38,7 +39,7 @@ def check_pos(pos):
     if not 0 <= pos <= 1: raise ValueError(f"pos must be in [0, 1] (the fraction of training done), got {pos}")
     return pos
 
-# %% ../nbs/05_schedule.ipynb #51a7f33a
+# %% ../nbs/05_schedule.ipynb #2ddc8564
 class Annealer:
     "A value that moves from `start` to `end` as `pos` goes from 0 to 1 (subclasses define `anneal`)."
     def __init__(self, start, end):
@@ -57,7 +58,7 @@ class Annealer:
 
     def __repr__(self): return f"{type(self).__name__}({self.start}, {self.end})"
 
-# %% ../nbs/05_schedule.ipynb #c4d00d2a
+# %% ../nbs/05_schedule.ipynb #295048eb
 class SchedLin(Annealer):
     "Linear from `start` to `end`."
     def anneal(self, start, end, pos): return start + pos*(end-start)
@@ -70,7 +71,7 @@ class SchedNo(Annealer):
     "Stays at `start` (`end` is ignored)."
     def anneal(self, start, end, pos): return start
 
-# %% ../nbs/05_schedule.ipynb #dd40cdbf
+# %% ../nbs/05_schedule.ipynb #757e860b
 class SchedExp(Annealer):
     "Exponential from `start` to `end`: equal ratios over equal steps (both ends must be > 0)."
     def __init__(self, start, end):
@@ -82,7 +83,7 @@ class SchedExp(Annealer):
                              "to reach 0")
     def anneal(self, start, end, pos): return start * (end/start)**pos
 
-# %% ../nbs/05_schedule.ipynb #c756e739
+# %% ../nbs/05_schedule.ipynb #9bb1aba6
 class SchedPoly(Annealer):
     "From `start` to `end` along `pos**power` (`power=1` is linear, `power=2` starts slowly)."
     def __init__(self, start, end, power):
@@ -91,7 +92,7 @@ class SchedPoly(Annealer):
     def anneal(self, start, end, pos): return start + pos**self.power * (end-start)
     def __repr__(self): return f"SchedPoly({self.start}, {self.end}, power={self.power})"
 
-# %% ../nbs/05_schedule.ipynb #ac466f03
+# %% ../nbs/05_schedule.ipynb #29d4d9f8
 class CombinedSched:
     "Several annealers one after the other, the `i`-th covering a fraction `pcts[i]` of training."
     def __init__(self, pcts, scheds):
@@ -116,12 +117,12 @@ def combine_scheds(pcts, scheds):
     "One schedule made of `scheds`, the `i`-th one covering the fraction `pcts[i]` of training."
     return CombinedSched(pcts, scheds)
 
-# %% ../nbs/05_schedule.ipynb #d007db37
+# %% ../nbs/05_schedule.ipynb #1e34086d
 def combined_cos(pct, start, middle, end):
     "Cosine from `start` to `middle` over the fraction `pct` of training, then cosine to `end`."
     return combine_scheds([pct, 1-pct], [SchedCos(start, middle), SchedCos(middle, end)])
 
-# %% ../nbs/05_schedule.ipynb #b8aad65a
+# %% ../nbs/05_schedule.ipynb #853e1b2a
 def _sweep(lrs, losses):
     "`lrs` and `losses` as float tensors, checked; the log10 of the rates too."
     lrs, losses = torch.as_tensor(lrs, dtype=torch.float64), torch.as_tensor(losses, dtype=torch.float64)
@@ -131,14 +132,14 @@ def _sweep(lrs, losses):
     if (lrs <= 0).any(): raise ValueError("lrs must all be > 0 (the sweep is on a log scale)")
     return lrs, losses, lrs.log10()
 
-# %% ../nbs/05_schedule.ipynb #a53ba9d7
+# %% ../nbs/05_schedule.ipynb #1b42f9e2
 def minimum(lrs, losses):
     "The learning rate at the lowest loss, divided by 10."
     lrs, losses, _ = _sweep(lrs, losses)
     finite = torch.where(torch.isfinite(losses), losses, torch.tensor(math.inf, dtype=losses.dtype))
     return lrs[finite.argmin()].item() / 10
 
-# %% ../nbs/05_schedule.ipynb #e4ff6962
+# %% ../nbs/05_schedule.ipynb #d47a2619
 def _slopes(losses, xs):
     "Central-difference slope of `losses` against `xs` at each interior point."
     return (losses[2:] - losses[:-2]) / (xs[2:] - xs[:-2])
@@ -150,7 +151,7 @@ def steep(lrs, losses):
     slopes = torch.where(torch.isfinite(slopes), slopes, torch.tensor(math.inf, dtype=slopes.dtype))
     return lrs[1 + slopes.argmin()].item()
 
-# %% ../nbs/05_schedule.ipynb #ba4d7a7e
+# %% ../nbs/05_schedule.ipynb #9d5c112f
 def _longest_decrease(losses):
     "Indices (first, last) of the longest strictly decreasing subsequence of `losses`."
     n = len(losses)
@@ -168,7 +169,7 @@ def valley(lrs, losses):
     first, last = _longest_decrease(finite)
     return 10 ** ((xs[first] + xs[last]) / 2).item()
 
-# %% ../nbs/05_schedule.ipynb #2409b601
+# %% ../nbs/05_schedule.ipynb #e008fe6c
 def slide(lrs, losses, frac=0.1):
     "Slide down from the lowest loss until the loss is `frac` of the total drop above it; that rate."
     lrs, losses, _ = _sweep(lrs, losses)
@@ -179,7 +180,7 @@ def slide(lrs, losses, frac=0.1):
     while i > 0 and finite[i-1] <= limit: i -= 1
     return lrs[i].item()
 
-# %% ../nbs/05_schedule.ipynb #0d48e1d7
+# %% ../nbs/05_schedule.ipynb #aa98d408
 SuggestedLRs = namedtuple('SuggestedLRs', ['minimum', 'steep', 'valley', 'slide'], defaults=[None]*4)
 SuggestedLRs.__doc__ = "Learning rates suggested by `lr_find`, one field per suggestion function."
 
@@ -193,7 +194,7 @@ def suggest_lrs(lrs, losses, suggest_funcs=(valley,)):
         values[name] = f(lrs, losses)
     return SuggestedLRs(**values)
 
-# %% ../nbs/05_schedule.ipynb #467510b9
+# %% ../nbs/05_schedule.ipynb #eda95d4e
 def plot_lr_find(lrs, losses, suggestions=None, ax=None):
     "Plot `losses` against `lrs` (log scale), marking each suggested rate on the curve."
     if ax is None: _, ax = plt.subplots(figsize=(6, 4))
@@ -207,7 +208,7 @@ def plot_lr_find(lrs, losses, suggestions=None, ax=None):
     if suggestions is not None: ax.legend()
     return ax
 
-# %% ../nbs/05_schedule.ipynb #08d15b66
+# %% ../nbs/05_schedule.ipynb #039f6875
 class ParamScheduler(Callback):
     "Before each training batch, set each hyper-parameter named in `scheds` to its schedule's value at `pct_train`."
     order = 1
@@ -241,7 +242,7 @@ class ParamScheduler(Callback):
 
     def load_state_dict(self, sd): self.pos = sd['pos']
 
-# %% ../nbs/05_schedule.ipynb #f377796d
+# %% ../nbs/05_schedule.ipynb #e9b5908d
 def _per_group(learn, lr):
     "The learning rate of each parameter group once the optimizer has spread `lr` (number, list or slice)."
     if learn.opt is None: learn.create_opt()
@@ -254,7 +255,7 @@ def _check_moms(moms):
         raise ValueError(f"moms must be 3 numbers (start, middle, end), e.g. (0.95, 0.85, 0.95), got {moms!r}")
     return tuple(_check_number(m, 'each of moms') for m in moms)
 
-# %% ../nbs/05_schedule.ipynb #a2b2e2fb
+# %% ../nbs/05_schedule.ipynb #5af45d3e
 @patch
 def fit_one_cycle(self:Learner, n_epoch, lr_max=None, div=25., div_final=1e5, pct_start=0.25, wd=None, moms=None,
                   cbs=None, reset_opt=False, start_epoch=0):
@@ -267,7 +268,7 @@ def fit_one_cycle(self:Learner, n_epoch, lr_max=None, div=25., div_final=1e5, pc
     cbs = [] if cbs is None else list(cbs) if isinstance(cbs, (list, tuple)) else [cbs]
     self.fit(n_epoch, wd=wd, cbs=[ParamScheduler(scheds)] + cbs, reset_opt=reset_opt, start_epoch=start_epoch)
 
-# %% ../nbs/05_schedule.ipynb #aff41ecc
+# %% ../nbs/05_schedule.ipynb #cf5feffa
 @patch
 def fit_flat_cos(self:Learner, n_epoch, lr=None, div_final=1e5, pct_start=0.75, wd=None, cbs=None, reset_opt=False,
                  start_epoch=0):
@@ -278,7 +279,7 @@ def fit_flat_cos(self:Learner, n_epoch, lr=None, div_final=1e5, pct_start=0.75, 
     cbs = [] if cbs is None else list(cbs) if isinstance(cbs, (list, tuple)) else [cbs]
     self.fit(n_epoch, wd=wd, cbs=[ParamScheduler(scheds)] + cbs, reset_opt=reset_opt, start_epoch=start_epoch)
 
-# %% ../nbs/05_schedule.ipynb #ce2fd9a9
+# %% ../nbs/05_schedule.ipynb #d1acd8e8
 @patch
 def fit_sgdr(self:Learner, n_cycles, cycle_len, lr_max=None, cycle_mult=2, wd=None, cbs=None, reset_opt=False,
              start_epoch=0):
@@ -292,7 +293,7 @@ def fit_sgdr(self:Learner, n_cycles, cycle_len, lr_max=None, cycle_mult=2, wd=No
     cbs = [] if cbs is None else list(cbs) if isinstance(cbs, (list, tuple)) else [cbs]
     self.fit(n_epoch, wd=wd, cbs=[ParamScheduler(scheds)] + cbs, reset_opt=reset_opt, start_epoch=start_epoch)
 
-# %% ../nbs/05_schedule.ipynb #e7484097
+# %% ../nbs/05_schedule.ipynb #9a354faf
 class LRFinder(Callback):
     "Grow the learning rate exponentially each batch; record the smoothed loss; stop when it diverges."
     order = 1
@@ -323,7 +324,7 @@ class LRFinder(Callback):
 
     def before_validate(self): raise CancelValidException
 
-# %% ../nbs/05_schedule.ipynb #951cd21a
+# %% ../nbs/05_schedule.ipynb #f893d230
 def _copy_opt(opt, model):
     "A deep copy of `opt` that shares the model's parameters (only the optimizer's own state is copied)."
     return copy.deepcopy(opt, memo={id(p): p for p in model.parameters()})
@@ -347,9 +348,12 @@ def lr_find(self:Learner, start_lr=1e-7, end_lr=10, num_it=100, stop_div=True, s
     counters = {k: self.__dict__[k] for k in ('epoch', 'n_epoch', 'start_epoch') if k in self.__dict__}
     cb_states = [(cb, copy.deepcopy(cb.state_dict())) for cb in self.cbs if callable(getattr(type(cb), 'state_dict', None))]
     self.opt = None if opt is None else _copy_opt(opt, self.model)
+    paused = [cb for cb in self.cbs if getattr(cb, 'watches_results', False) and cb.run]
     try:
+        for cb in paused: cb.run = False          # trackers and loggers: a sweep has no results table
         with self.no_logging(): self.fit(n_epoch, cbs=[finder])
     finally:
+        for cb in paused: cb.run = True
         self.model.load_state_dict(weights)
         self.model.train(mode)
         self.opt = opt

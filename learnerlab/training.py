@@ -9,17 +9,20 @@ __all__ = ['MixedPrecision', 'TerminateOnNaNCallback', 'ModelResetter', 'RNNRegu
            'TrackerCallback', 'EarlyStoppingCallback', 'SaveModelCallback', 'ReduceLROnPlateau', 'CSVLogger',
            'ShowGraphCallback']
 
-# %% ../nbs/06_callbacks.ipynb #771d47f8
+# %% ../nbs/06_callbacks.ipynb #3827adb6
 import csv, math, time
 from pathlib import Path
 import torch
 from torch import nn
 from fastcore.basics import patch
-from .callback import Callback, CancelBatchException, CancelFitException
-from .learner import Learner, Recorder, TrainEvalCallback, ProgressCallback, find_bs
-from .schedule import LRFinder
+from .callback import Callback, CancelBatchException, CancelStepException, CancelFitException
+from .learner import Learner
+from .train_eval import TrainEvalCallback
+from .recorder import Recorder, find_bs
+from .progress import ProgressCallback
+from . import checkpoint   # Learner.save and Learner.load, which SaveModelCallback calls
 
-# %% ../nbs/06_callbacks.ipynb #2de8eeb5
+# %% ../nbs/06_callbacks.ipynb #146aaef7
 _HALF = {'fp16': torch.float16, 'float16': torch.float16, 'half': torch.float16,
          'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16}
 
@@ -43,7 +46,7 @@ class _ScalerTarget:
         return [{'params': [p for p in self.learn.model.parameters() if p.grad is not None]}]
     def step(self): self.stepped = True
 
-# %% ../nbs/06_callbacks.ipynb #f7cbba29
+# %% ../nbs/06_callbacks.ipynb #b934d872
 class MixedPrecision(Callback):
     "Forward pass and loss under `torch.autocast` in `dtype`; dynamic loss scaling (GradScaler) for float16."
     order = 10
@@ -57,7 +60,7 @@ class MixedPrecision(Callback):
         if self.dtype == torch.float16 and (self.scaler is None or self._scaler_device != self.device_type):
             # one GradScaler for the callback's life, so the scale it has found carries over to the next fit
             self.scaler, self._scaler_device = torch.amp.GradScaler(self.device_type, **self.scaler_kwargs), self.device_type
-        self._target, self._skip = _ScalerTarget(self.learn), False
+        self._target = _ScalerTarget(self.learn)
         if self.learn.start_epoch == 0: self.skipped = 0     # a resumed fit keeps counting
         if self._loaded is not None:                          # state from a checkpoint, loaded before this fit
             if self.scaler is not None and self._loaded['scaler']: self.scaler.load_state_dict(self._loaded['scaler'])
@@ -69,12 +72,6 @@ class MixedPrecision(Callback):
             ac, self._autocast = self._autocast, None
             ac.__exit__(None, None, None)
 
-    def before_train(self):
-        # TrainEvalCallback (order -10) has just set train_iter from the epoch number: discount the skipped steps
-        learn = self.learn
-        learn.train_iter -= self.skipped
-        learn.pct_train -= self.skipped / (learn.n_epoch * learn.n_iter)
-
     def before_batch(self):
         self._exit()
         self._autocast = torch.autocast(self.device_type, dtype=self.dtype)
@@ -83,13 +80,10 @@ class MixedPrecision(Callback):
     def after_pred(self): self.learn.pred = _to_float(self.learn.pred)
     def after_loss(self): self._exit()
 
-    def before_backward(self):
-        if self.scaler is not None:
-            self._loss = self.learn.loss
-            self.learn.loss = self.scaler.scale(self._loss)
-
-    def after_backward(self):
-        if self.scaler is not None: self.learn.loss = self._loss
+    def do_backward(self):
+        "Replaces the batch's backward step: backward on the scaled loss (`learn.loss` itself stays the true loss)."
+        loss = self.learn.loss
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
     def before_step(self):
         if self.scaler is None: return
@@ -97,16 +91,10 @@ class MixedPrecision(Callback):
         self.scaler.step(self._target)     # unscales the gradients; calls _target.step() only if they are finite
         self.scaler.update()
         if not self._target.stepped:
-            self.learn.opt.zero_grad()
-            self._skip, self.skipped = True, self.skipped + 1
-            raise CancelBatchException
+            self.skipped += 1
+            raise CancelStepException       # no update from these gradients; zero_grad still clears them
 
-    def after_batch(self):
-        self._exit()
-        if self._skip:    # TrainEvalCallback (order -10) already counted this batch: take it back
-            learn, self._skip = self.learn, False
-            learn.train_iter -= 1
-            learn.pct_train -= 1 / (learn.n_epoch * learn.n_iter)
+    def after_batch(self): self._exit()
 
     def after_fit(self): self._exit()
 
@@ -118,7 +106,7 @@ class MixedPrecision(Callback):
         "Keep checkpoint state `sd` for the next fit, which creates the GradScaler."
         self._loaded = {'scaler': dict(sd.get('scaler') or {}), 'skipped': int(sd.get('skipped', 0))}
 
-# %% ../nbs/06_callbacks.ipynb #25d9770e
+# %% ../nbs/06_callbacks.ipynb #227eab41
 @patch
 def to_fp16(self:Learner, **scaler_kwargs):
     "Train with float16 mixed precision and dynamic loss scaling (kwargs go to `torch.amp.GradScaler`); return self."
@@ -140,7 +128,7 @@ def to_fp32(self:Learner):
     self.model.float()
     return self
 
-# %% ../nbs/06_callbacks.ipynb #a73b50b7
+# %% ../nbs/06_callbacks.ipynb #4b39c823
 class TerminateOnNaNCallback(Callback):
     "Stop training as soon as the loss is infinite or NaN."
     run_before = (Recorder,)
@@ -148,7 +136,7 @@ class TerminateOnNaNCallback(Callback):
         loss = self.learn.loss
         if self.learn.training and loss is not None and not torch.isfinite(loss).all(): raise CancelFitException
 
-# %% ../nbs/06_callbacks.ipynb #795a5a50
+# %% ../nbs/06_callbacks.ipynb #87c9517e
 class ModelResetter(Callback):
     "Call `model.reset()` before training, before validation and after the fit (for stateful RNNs)."
     def before_fit(self):
@@ -158,7 +146,7 @@ class ModelResetter(Callback):
     def begin_validate(self): self.learn.model.reset()
     def after_fit(self): self.learn.model.reset()
 
-# %% ../nbs/06_callbacks.ipynb #9314d30a
+# %% ../nbs/06_callbacks.ipynb #82155255
 class RNNRegularizer(Callback):
     "Add AR (`alpha`, on activations) and TAR (`beta`, on their change over time) penalties to the loss."
     def __init__(self, alpha=0., beta=0.): self.alpha, self.beta = alpha, beta
@@ -178,7 +166,7 @@ class RNNRegularizer(Callback):
             if h.shape[1] > 1:
                 self.learn.loss = self.learn.loss + self.beta * (h[:, 1:] - h[:, :-1]).float().pow(2).mean()
 
-# %% ../nbs/06_callbacks.ipynb #3f0a287a
+# %% ../nbs/06_callbacks.ipynb #d33d5749
 class GradientClip(Callback):
     "Clip the gradients' global `norm_type` norm to `max_norm` before each optimizer step."
     order, run_after = 20, (MixedPrecision,)
@@ -188,38 +176,38 @@ class GradientClip(Callback):
     def before_step(self):
         nn.utils.clip_grad_norm_(self.learn.model.parameters(), self.max_norm, self.norm_type)
 
-# %% ../nbs/06_callbacks.ipynb #9e9b38b1
+# %% ../nbs/06_callbacks.ipynb #247a0c2b
 class GradientAccumulation(Callback):
     "Accumulate gradients and step only once every `n_acc` items; the loss is scaled by `bs/n_acc` for the backward."
     order, run_before = 5, (MixedPrecision,)
     def __init__(self, n_acc=32):
         if isinstance(n_acc, bool) or not isinstance(n_acc, int) or n_acc < 1:
             raise ValueError(f"n_acc must be an int >= 1 (items per optimizer step), got {n_acc!r}")
-        self.n_acc = n_acc
+        self.n_acc, self.count, self._loss = n_acc, 0, None
     def before_fit(self): self.count, self._loss = 0, None
-    def before_backward(self):
+
+    def will_step(self, n_items=0):
+        "Will the optimizer step at the end of a batch, once `n_items` more items are counted?"
+        return self.count + n_items >= self.n_acc
+
+    def before_backward(self):              # the backward pass sees the loss scaled by bs/n_acc, the rest of the batch the true one
         bs = find_bs(self.learn.yb)
         self.count += bs
         self._loss = self.learn.loss
         self.learn.loss = self._loss * (bs / self.n_acc)
-    def before_step(self):
-        if self.count < self.n_acc: raise CancelBatchException   # keep the gradients, no step yet
-        self.count = 0
-    def after_batch(self):
-        if self._loss is not None: self.learn.loss, self._loss = self._loss, None
+    def after_backward(self): self.learn.loss, self._loss = self._loss, None
+
+    def after_step(self): self.count = 0      # the loop only reaches the step once `will_step()` says so
+
     def after_fit(self):
         if self.count and self.learn.opt is not None: self.learn.opt.zero_grad()
 
-# %% ../nbs/06_callbacks.ipynb #419aff4f
+# %% ../nbs/06_callbacks.ipynb #224dd96a
 def _lower_is_better(name): return 'loss' in name or 'error' in name
-
-def _lr_finding(learn):
-    "Is this fit an `lr_find` sweep (which has no validation, and must leave no trace)?"
-    return any(isinstance(cb, LRFinder) for cb in learn.cbs)
 
 class TrackerCallback(Callback):
     "Base for callbacks watching `monitor` (a column of the results table) at the end of each epoch."
-    order = 55   # after the Recorder (50), which computes the epoch's values
+    order, watches_results = 55, True   # after the Recorder (50), which computes the epoch's values; paused by lr_find
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., reset_on_fit=True):
         if not isinstance(monitor, str): raise TypeError(f"monitor must be a column name like 'valid_loss', got {monitor!r}")
         if comp is None: comp = (lambda a, b: a < b) if _lower_is_better(monitor) else (lambda a, b: a > b)
@@ -227,9 +215,7 @@ class TrackerCallback(Callback):
         self.best = None
 
     def before_fit(self):
-        self.active = not _lr_finding(self.learn)
-        if not self.active: return
-        rec = getattr(self.learn, 'recorder', None)
+        rec = self.learn.recorder_cb
         names = [n for n in rec.metric_names if n not in ('epoch', 'time')] if rec is not None else []
         if self.monitor not in names:
             raise ValueError(f"{type(self).__name__} cannot monitor {self.monitor!r}: choose one of {names} "
@@ -241,8 +227,7 @@ class TrackerCallback(Callback):
     def after_epoch(self):
         "Set `self.new_best` (did `monitor` improve by more than `min_delta`?) and update `self.best`."
         self.new_best = False
-        if not self.active: return
-        value = self.learn.recorder.final_record[self.idx]
+        value = self.learn.final_record[self.idx]
         if value is None:
             raise ValueError(f"{self.monitor!r} has no value this epoch (is there a validation set?)")
         delta = -self.min_delta if self.comp(0, 1) else self.min_delta
@@ -252,7 +237,7 @@ class TrackerCallback(Callback):
     def state_dict(self): return {'best': self.best}
     def load_state_dict(self, sd): self.best = sd['best']
 
-# %% ../nbs/06_callbacks.ipynb #d14eca9e
+# %% ../nbs/06_callbacks.ipynb #7c93e3e3
 class EarlyStoppingCallback(TrackerCallback):
     "Stop training when `monitor` has not improved by more than `min_delta` for `patience` epochs."
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, reset_on_fit=True):
@@ -263,13 +248,12 @@ class EarlyStoppingCallback(TrackerCallback):
         super().before_fit()
     def after_epoch(self):
         super().after_epoch()
-        if not self.active: return
         self.wait = 0 if self.new_best else self.wait + 1
         if self.wait >= self.patience:
             self.stopped_epoch = self.learn.epoch
             raise CancelFitException
 
-# %% ../nbs/06_callbacks.ipynb #98be77e6
+# %% ../nbs/06_callbacks.ipynb #57d5ba3d
 class SaveModelCallback(TrackerCallback):
     "Save the model when `monitor` improves (or every epoch) to `fname`; reload the best one at the end."
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., fname='model', every_epoch=False,
@@ -281,7 +265,6 @@ class SaveModelCallback(TrackerCallback):
         self.saved_best = False
     def after_epoch(self):
         super().after_epoch()
-        if not self.active: return
         if self.every_epoch: self.learn.save(f'{self.fname}_{self.learn.epoch}', with_opt=self.with_opt)
         elif self.new_best:
             self.best_epoch = self.learn.epoch
@@ -291,7 +274,7 @@ class SaveModelCallback(TrackerCallback):
         if not self.every_epoch and self.saved_best:
             self.learn.load(self.fname, with_opt=self.with_opt, with_cbs=False, with_rng=False)
 
-# %% ../nbs/06_callbacks.ipynb #d641fc32
+# %% ../nbs/06_callbacks.ipynb #f798dc32
 class ReduceLROnPlateau(TrackerCallback):
     "Divide the learning rate by `factor` (not below `min_lr`) when `monitor` has not improved for `patience` epochs."
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, factor=10., min_lr=0,
@@ -304,7 +287,6 @@ class ReduceLROnPlateau(TrackerCallback):
         super().before_fit()
     def after_epoch(self):
         super().after_epoch()
-        if not self.active: return
         self.wait = 0 if self.new_best else self.wait + 1
         if self.wait >= self.patience:
             self.wait = 0
@@ -312,10 +294,10 @@ class ReduceLROnPlateau(TrackerCallback):
             self.learn.opt.set_hyper('lr', lrs)
             self.reductions.append((self.learn.epoch, lrs[-1]))
 
-# %% ../nbs/06_callbacks.ipynb #d8c36d72
+# %% ../nbs/06_callbacks.ipynb #c38a655b
 class CSVLogger(Callback):
     "Write the results table, one row per epoch, to the CSV file `learn.path/fname` (appending if `append`)."
-    order = 56
+    order, watches_results = 56, True
     def __init__(self, fname='history.csv', append=False): self.fname, self.append = fname, append
 
     @property
@@ -323,20 +305,19 @@ class CSVLogger(Callback):
 
     def before_fit(self):
         self.file = None
-        if _lr_finding(self.learn): return
-        if getattr(self.learn, 'recorder', None) is None: raise RuntimeError("CSVLogger needs the Recorder's results")
+        if self.learn.recorder_cb is None: raise RuntimeError("CSVLogger needs the Recorder's results")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         has_header = self.append and self.path.exists() and self.path.stat().st_size > 0
         self.file = open(self.path, 'a' if self.append else 'w', newline='')
         self.writer = csv.writer(self.file)
-        if not has_header: self.writer.writerow([n for n in self.learn.recorder.metric_names if n != 'time'] + ['time'])
+        if not has_header: self.writer.writerow([n for n in self.learn.recorder_cb.metric_names if n != 'time'] + ['time'])
         self.file.flush()
 
     def before_epoch(self): self._start = time.time()
 
     def after_epoch(self):
         if self.file is None: return
-        row = [self.learn.epoch] + ['' if v is None else v for v in self.learn.recorder.final_record]
+        row = [self.learn.epoch] + ['' if v is None else v for v in self.learn.final_record]
         self.writer.writerow(row + [round(time.time() - self._start, 3)])
         self.file.flush()
 
@@ -347,7 +328,7 @@ class CSVLogger(Callback):
         "The rows written so far, as a list of dicts column -> string."
         with open(self.path, newline='') as f: return list(csv.DictReader(f))
 
-# %% ../nbs/06_callbacks.ipynb #dfaff173
+# %% ../nbs/06_callbacks.ipynb #e1ba074f
 class ShowGraphCallback(Callback):
     "Live plot of the training and validation losses, updated after each epoch."
     order = 65    # after the Recorder and the progress bar
@@ -358,7 +339,7 @@ class ShowGraphCallback(Callback):
         self._handle, self.n_total = None, self.learn.n_epoch * len(self.learn.dls.train)
 
     def after_epoch(self):
-        rec = self.learn.recorder
+        rec = self.learn.recorder_cb
         ax = self.ax
         ax.clear()
         losses = [float(l) for l in rec.losses]

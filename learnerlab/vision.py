@@ -8,17 +8,16 @@ Docs: https://learnerlab.github.io/learnerlab/vision.html.md"""
 __all__ = ['cnn_learner', 'pretrained_state_dict', 'create_body', 'AvgMaxPool', 'create_head', 'body_head_splitter',
            'vision_learner']
 
-# %% ../nbs/08_vision.ipynb #7742644e
+# %% ../nbs/08_vision.ipynb #0ac8fa7b
 import urllib.error
 import torch
 import torchvision
 from torch import nn
 from torchvision.models import resnet18, resnet34, resnet50
-from fastcore.basics import patch
 
 from .learner import Learner, DataLoaders
 
-# %% ../nbs/08_vision.ipynb #c8b1d2dd
+# %% ../nbs/08_vision.ipynb #690da03a
 def _check_resnet(arch):
     "The torchvision weights enum of the ResNet function `arch`, or a clear error."
     name = getattr(arch, '__name__', None)
@@ -37,7 +36,7 @@ def pretrained_state_dict(arch):
                            f"loaded: {e}. Download that file into {torch.hub.get_dir()}/checkpoints/ on a machine with "
                            f"network access, or pass pretrained=False to train from random weights.") from e
 
-# %% ../nbs/08_vision.ipynb #d80e123b
+# %% ../nbs/08_vision.ipynb #17ce2a95
 def create_body(arch, pretrained=False):
     "The convolutional body of torchvision ResNet `arch` (no pooling, no classifier) and its output channels."
     _check_resnet(arch)
@@ -45,7 +44,7 @@ def create_body(arch, pretrained=False):
     if pretrained: model.load_state_dict(pretrained_state_dict(arch))
     return nn.Sequential(*list(model.children())[:-2]), model.fc.in_features
 
-# %% ../nbs/08_vision.ipynb #23dbc48f
+# %% ../nbs/08_vision.ipynb #82cde028
 class AvgMaxPool(nn.Module):
     "Average and max pooling to 1x1, concatenated along channels and flattened: (bs, c, h, w) -> (bs, 2c)."
     def forward(self, x): return torch.cat([x.mean((2, 3)), x.amax((2, 3))], dim=1)
@@ -59,12 +58,12 @@ def create_head(nf, n_out, hidden=512, p=0.25):
         if isinstance(m, nn.Linear): nn.init.kaiming_normal_(m.weight)
     return head
 
-# %% ../nbs/08_vision.ipynb #7e68822e
+# %% ../nbs/08_vision.ipynb #64b37dcb
 def body_head_splitter(model):
     "Two parameter groups for a `nn.Sequential(body, head)` model: the body's parameters, then the head's."
     return [list(model[0].parameters()), list(model[1].parameters())]
 
-# %% ../nbs/08_vision.ipynb #8f9ff661
+# %% ../nbs/08_vision.ipynb #75f7ac6f
 def vision_learner(dls, arch, pretrained=False, metrics=None, n_out=None, loss_func=None, **kwargs):
     "A `Learner` on a torchvision ResNet `arch` body with a new head for `dls.c` classes; frozen body if `pretrained`."
     n_out = getattr(dls, 'c', None) if n_out is None else n_out
@@ -76,20 +75,3 @@ def vision_learner(dls, arch, pretrained=False, metrics=None, n_out=None, loss_f
     return learn
 
 cnn_learner = vision_learner   # the chapter's (older fastai) name for the same function
-
-# %% ../nbs/08_vision.ipynb #78be40aa
-@patch
-def freeze_to(self:Learner, n):
-    "Train only parameter groups `n` onwards (creating the optimizer if needed)."
-    if self.opt is None: self.create_opt()
-    self.opt.freeze_to(n)
-
-@patch
-def freeze(self:Learner):
-    "Train only the last parameter group (the head)."
-    self.freeze_to(-1)
-
-@patch
-def unfreeze(self:Learner):
-    "Train every parameter group."
-    self.freeze_to(0)

@@ -14,7 +14,7 @@ from learnerlab import data as D
 from learnerlab.vision import vision_learner, resnet18
 from learnerlab.learner import accuracy
 from learnerlab.__main__ import main
-import learnerlab.schedule  # fit_one_cycle
+import learnerlab.schedule, learnerlab.predict  # fit_one_cycle, get_preds
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGENETTE = ROOT.parent/'shared'/'data'/'imagenette2-224sq.tgz'

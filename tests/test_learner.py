@@ -13,13 +13,19 @@ from torch.utils.data import TensorDataset
 import fastcore.test as fct
 
 from learnerlab.callback import *
+from learnerlab.dataloaders import *
+from learnerlab.train_eval import *
+from learnerlab.recorder import *
+from learnerlab.progress import *
 from learnerlab.learner import *
 from learnerlab.learner import _LOOP
+from learnerlab.predict import *
+from learnerlab.checkpoint import *
 from learnerlab.optimizer import SGD
 
 torch.set_num_threads(1)
 N_EPOCH, N_TRAIN, N_VALID = 2, 2, 1
-MAIN_EVENTS = [e for e in EVENTS if not e.startswith('after_cancel')]
+MAIN_EVENTS = [e for e in EVENTS if not e.startswith('after_cancel') and e != 'after_create']
 
 
 def tiny_dls(n_train=N_TRAIN, n_valid=N_VALID, bs=4):
@@ -79,11 +85,9 @@ class Spec:
         def body():
             self.ev('after_pred'); self.ev('after_loss')
             if training:
-                for e in ['before_backward', 'after_backward', 'before_step', 'after_step']: self.ev(e)
-        try:
-            self.ev('before_batch'); body()
-        except CancelBatchException: self.ev('after_cancel_batch')
-        self.ev('after_batch')
+                self.ev('before_backward'); self.ev('after_backward')
+                self.part('step', lambda: None)
+        self.part('batch', body)
 
     def epoch(self):
         self.part('train', lambda: [self.batch(True) for _ in range(N_TRAIN)])
@@ -243,11 +247,11 @@ def test_dispatch_lists_only_hold_handlers():
     class OnlyLoss(Callback):
         def after_loss(self): pass
     learn = tiny_learner(cbs=OnlyLoss)
-    handlers = {ev: [h.__self__ for h in learn._dispatch[ev]] for ev in EVENTS}
+    handlers = {ev: [h.__self__ for h in learn._train_dispatch[ev] + learn._valid_dispatch[ev]] for ev in EVENTS}
     assert learn.only_loss in handlers['after_loss']
     assert all(learn.only_loss not in hs for ev, hs in handlers.items() if ev != 'after_loss')
     learn.remove_cb(learn.only_loss)
-    assert all(not isinstance(h.__self__, OnlyLoss) for hs in learn._dispatch.values() for h in hs)
+    assert all(not isinstance(h.__self__, OnlyLoss) for hs in learn._train_dispatch.values() for h in hs)
     assert 'only_loss' not in learn.__dict__
 
 
@@ -273,7 +277,7 @@ def test_show_training_loop_lists_every_event(capsys):
     out = capsys.readouterr().out
     for _, ev in _LOOP: assert ev in out
     assert set(ev for _, ev in _LOOP) == set(EVENTS)
-    assert 'before_train          : TrainEvalCallback, ProgressCallback' in out
+    assert 'before_train          : TrainEvalCallback, Recorder, ProgressCallback' in out
 
 
 def test_metrics_weight_unequal_batches():
@@ -325,7 +329,7 @@ def test_save_is_atomic_and_load_is_safe(tmp_path, monkeypatch):
     path = learn.save('ck')
     good = path.read_bytes()
 
-    import learnerlab.learner as L
+    import learnerlab.checkpoint as L
     def failing_save(obj, f): f.write(b'partial'); raise OSError('disk full')
     monkeypatch.setattr(L.torch, 'save', failing_save)
     with pytest.raises(OSError, match='disk full'): learn.save('ck')
@@ -393,3 +397,76 @@ def test_progress_bar_writes_the_results_table(capsys):
     assert header == [['epoch', 'train_loss', 'valid_loss', 'accuracy', 'time']]
     assert [r[0] for r in rows] == ['0', '1'] and all(len(r) == 5 for r in rows)
     assert learn.logger is print_row and learn.progress.mbar is None      # bar closed, logger restored
+
+
+@pytest.mark.parametrize('exc', [CancelFitException, RuntimeError])
+@pytest.mark.parametrize('k', [0, 1, 2])
+def test_teardown_rule_is_the_same_on_cancel_and_error(k, exc):
+    "The callback at position k raises in before_fit: exactly the ones before it are torn down, cancel or error."
+    made = []
+    for i in range(3):
+        cls = type(f'Step{i}', (Setup,), {'order': 2 + i})
+        made.append(cls())
+    def raiser(self): raise exc()
+    made[k].before_fit = raiser.__get__(made[k])
+    learn = tiny_learner()
+    try: learn.fit(1, cbs=made)
+    except RuntimeError: pass
+    assert [cb.teardowns for cb in made] == [1] * k + [0] * (3 - k)
+    assert learn.logger is print_row                      # ProgressCallback (order 60) was never set up
+    learn.fit(1)
+
+
+def test_write_guard_covers_every_public_learner_attribute():
+    learn = tiny_learner()
+    public = [n for n in vars(learn) if not n.startswith('_')]
+    assert {'lr', 'wd', 'metrics', 'opt_func', 'model', 'path', 'recorder'} <= set(public)
+    class Writer(Callback): pass
+    cb = learn.add_cb(Writer)
+    for name in public:
+        with pytest.raises(AttributeError, match=rf'self\.learn\.{name} = '): setattr(cb, name, 5)
+    cb.my_own = 5; cb._private = 6
+    assert (cb.my_own, cb._private) == (5, 6)
+
+
+def test_errors_name_the_callback_and_event():
+    class Bad(Callback):
+        def before_validate(self): raise ValueError('nope')
+    learn = tiny_learner()
+    with pytest.raises(ValueError) as info: learn.fit(1, cbs=Bad())
+    assert info.value.__notes__ == ["raised by callback Bad in before_validate (event 'before_validate')"]
+
+
+def test_run_flags_can_change_during_a_fit():
+    class OffAfterFirst(Callback):
+        def __init__(self): self.seen = 0
+        def after_batch(self):
+            self.seen += 1
+            self.run = False                       # the learner's tables are rebuilt at once
+    learn = tiny_learner()
+    cb = OffAfterFirst()
+    learn.fit(2, cbs=cb)
+    assert cb.seen == 1
+    cb.run = True
+
+
+def test_step_replacement_and_accumulation_question():
+    class Doubler(Callback):
+        def do_backward(self): (self.learn.loss * 2).backward()
+    learn = tiny_learner(cbs=Doubler)
+    ref = tiny_learner()
+    learn.fit(1); ref.fit(1)
+    assert not all(torch.equal(p, q) for p, q in zip(learn.model.parameters(), ref.model.parameters()))
+    class Hold(Callback):
+        def will_step(self, n_items=0): return False
+    held = tiny_learner(cbs=Hold)
+    before = [p.detach().clone() for p in held.model.parameters()]
+    held.fit(1)
+    assert held.step_due() is False
+    assert all(torch.equal(p, q) for p, q in zip(before, held.model.parameters()))     # never stepped
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in held.model.parameters())  # gradients kept
+
+
+def test_torch_optimizer_class_is_refused():
+    with pytest.raises(TypeError, match=r'partial\(OptimWrapper, opt=SGD\)'):
+        tiny_learner(opt_func=torch.optim.SGD)

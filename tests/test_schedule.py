@@ -10,7 +10,9 @@ import fastcore.test as fct
 from hypothesis import given, settings, strategies as st
 
 from learnerlab.callback import Callback
-from learnerlab.learner import Learner, DataLoaders, ProgressCallback
+from learnerlab.learner import Learner, DataLoaders
+from learnerlab.progress import ProgressCallback
+import learnerlab.predict, learnerlab.checkpoint   # Learner.validate, Learner.save/load
 from learnerlab.optimizer import SGD, Adam
 from learnerlab.schedule import (SchedLin, SchedCos, SchedExp, SchedNo, SchedPoly, combine_scheds, combined_cos,
                                  ParamScheduler, minimum, steep, valley, slide, SuggestedLRs)
@@ -272,3 +274,13 @@ def test_terminate_on_nan_and_early_stopping():
     learn = _learner(lr=0., cbs=EarlyStoppingCallback(patience=3))
     learn.fit(20)
     fct.test_eq(len(learn.recorder.values), 4)
+
+
+def test_show_training_loop_after_fit_one_cycle_shows_the_scheduler(capsys):
+    learn = _learner(opt_func=SGD)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 0.05)
+    capsys.readouterr()
+    learn.show_training_loop()
+    out = capsys.readouterr().out
+    assert 'ParamScheduler*' in out and '* for one fit only' in out
+    assert 'param_scheduler' not in learn.__dict__             # shown, but not attached any more

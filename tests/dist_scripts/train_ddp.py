@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from learnerlab.callback import Callback
 from learnerlab.learner import Learner, DataLoaders, accuracy
+import learnerlab.predict  # Learner.get_preds
 from learnerlab.optimizer import Adam
 from learnerlab.training import CSVLogger, SaveModelCallback, GradientAccumulation, MixedPrecision
 
