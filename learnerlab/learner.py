@@ -22,7 +22,7 @@ from .dataloaders import _check_dl
 from .train_eval import *
 from .recorder import *
 from .progress import *
-from .optimizer import Adam, SGD
+from .optimizer import Adam, SGD, norm_bias_params
 
 # %% ../nbs/04_learner.ipynb #6555ef22
 def _default_loss(dls, loss_func):
@@ -37,7 +37,7 @@ def _check_opt_func(opt_func):
     if isinstance(opt_func, type) and issubclass(opt_func, torch.optim.Optimizer):
         raise TypeError(f"opt_func={opt_func.__module__}.{opt_func.__name__} is a torch.optim optimizer, which has no "
                         f"hyper-parameter API for schedules and freezing: pass "
-                        f"partial(OptimWrapper, opt={opt_func.__name__}) (learnerlab.optimizer), or learnerlab's own "
+                        f"partial(OptimWrapper, opt={opt_func.__name__}) (learnerlab.optim_extra), or learnerlab's own "
                         f"optimizer (e.g. Adam, SGD)")
     if not callable(opt_func): raise TypeError(f"opt_func must be callable like Adam or SGD, got {opt_func!r}")
 
@@ -53,12 +53,14 @@ class Learner:
     default_cbs = (TrainEvalCallback, Recorder, ProgressCallback)
 
     def __init__(self, dls, model, loss_func=None, opt_func=Adam, lr=1e-3, splitter=None, cbs=None, metrics=None,
-                 path=None, model_dir='models', wd=None, moms=(0.95, 0.85, 0.95), train_bn=True):
+                 path=None, model_dir='models', wd=None, moms=(0.95, 0.85, 0.95), train_bn=True,
+                 wd_bn_bias=False):
         if not hasattr(dls, 'train'): raise TypeError(f"dls must be a DataLoaders (with .train/.valid), got {type(dls).__name__}")
         if not isinstance(model, nn.Module): raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
         _check_opt_func(opt_func)
         self.dls, self.model, self.loss_func = dls, model, _default_loss(dls, loss_func)
         self.opt_func, self.lr, self.splitter, self.wd, self.moms, self.train_bn = opt_func, lr, splitter or trainable_params, wd, moms, train_bn
+        self.wd_bn_bias = wd_bn_bias
         self.metrics = [] if metrics is None else list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
         self.path, self.model_dir = Path(getattr(dls, 'path', '.') if path is None else path), model_dir
         self.opt, self.logger, self.training = None, print_row, False
@@ -327,8 +329,10 @@ def removed_cbs(self:Learner, cbs):
 # %% ../nbs/04_learner.ipynb #f51bc95f
 @patch
 def create_opt(self:Learner):
-    "Create `self.opt` with `opt_func(splitter(model), lr=lr)`, then set `wd` and `train_bn` on it."
+    "Create `self.opt` with `opt_func(splitter(model), lr=lr)`, then set `wd`, `train_bn` and (unless `wd_bn_bias`) the no-decay parameters."
+    mark_norm_params(self.model)
     self.opt = self.opt_func(self.splitter(self.model), lr=self.lr)
+    if not self.wd_bn_bias and hasattr(self.opt, 'exclude_wd'): self.opt.exclude_wd(norm_bias_params(self.model))
     if self.wd is not None: self.opt.set_hyper('wd', self.wd)
     if hasattr(self.opt, 'train_bn'): self.opt.train_bn = self.train_bn
     return self.opt

@@ -13,7 +13,6 @@ __all__ = ['SuggestedLRs', 'check_pos', 'Annealer', 'SchedLin', 'SchedCos', 'Sch
 import copy, math, random
 from collections import namedtuple
 import torch
-import matplotlib.pyplot as plt
 from fastcore.basics import patch
 from .callback import Callback, CancelFitException, CancelValidException
 from .learner import Learner
@@ -197,7 +196,9 @@ def suggest_lrs(lrs, losses, suggest_funcs=(valley,)):
 # %% ../nbs/05_schedule.ipynb #eda95d4e
 def plot_lr_find(lrs, losses, suggestions=None, ax=None):
     "Plot `losses` against `lrs` (log scale), marking each suggested rate on the curve."
-    if ax is None: _, ax = plt.subplots(figsize=(6, 4))
+    if ax is None:
+        import matplotlib.pyplot as plt   # imported when a plot is drawn: it is slow to import
+        _, ax = plt.subplots(figsize=(6, 4))
     ax.plot(lrs, losses)
     ax.set_xscale('log'); ax.set_xlabel('learning rate'); ax.set_ylabel('loss (smoothed)')
     xs = torch.as_tensor(lrs, dtype=torch.float64).log10()
