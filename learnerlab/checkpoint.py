@@ -8,7 +8,7 @@ Docs: https://learnerlab.github.io/learnerlab/checkpoint.html.md"""
 __all__ = ['rng_states', 'set_rng_states', 'remove_stale_tmps', 'atomic_save', 'payload_sha256', 'CheckpointError',
            'read_checkpoint']
 
-# %% ../nbs/04b_checkpoint.ipynb #400e2cac
+# %% ../nbs/04b_checkpoint.ipynb #1c7e7381
 import glob, hashlib, os, random, re, socket, tempfile, warnings
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from fastcore.basics import patch
 
 from .learner import Learner
 
-# %% ../nbs/04b_checkpoint.ipynb #bea9cd59
+# %% ../nbs/04b_checkpoint.ipynb #8b1ca99d
 def rng_states():
     "The states of Python's, NumPy's (if installed), torch's and CUDA's random number generators."
     states = {'python': random.getstate(), 'torch': torch.get_rng_state()}
@@ -39,7 +39,7 @@ def set_rng_states(states):
         kind, keys, pos, has_gauss, gauss = states['numpy']
         np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
 
-# %% ../nbs/04b_checkpoint.ipynb #f38b5a75
+# %% ../nbs/04b_checkpoint.ipynb #5fd766df
 def _host(): return re.sub(r'[^A-Za-z0-9_.-]', '-', socket.gethostname())
 
 def _pid_alive(pid):
@@ -85,7 +85,7 @@ def atomic_save(obj, path):
         raise
     return path
 
-# %% ../nbs/04b_checkpoint.ipynb #ffe4cfe8
+# %% ../nbs/04b_checkpoint.ipynb #0810194f
 def _feed(h, obj):
     "Feed `obj` (tensors, plain containers and scalars) into hash `h`, with its types and structure."
     if isinstance(obj, torch.Tensor):
@@ -106,7 +106,7 @@ def payload_sha256(obj):
     _feed(h, obj)
     return h.hexdigest()
 
-# %% ../nbs/04b_checkpoint.ipynb #379e3b1c
+# %% ../nbs/04b_checkpoint.ipynb #bc3f8fe6
 class CheckpointError(ValueError):
     "A file that `Learner.load` cannot use: its message says what is wrong and what to do."
 
@@ -119,14 +119,16 @@ _RECOVER = ("Load an earlier copy (for instance the checkpoint of a previous epo
 def _damaged(path, what): return CheckpointError(f"{path} is damaged: {what}. {_RECOVER}")
 
 def _zip_is_complete(path, size):
-    "Whether the file ends with a zip archive's end record (a truncated file does not)."
+    "Whether the file ends exactly with a zip archive's end record (a truncated file does not)."
     with open(path, 'rb') as f:
-        f.seek(max(0, size - 65_557))
-        return _ZIP_END in f.read()
+        f.seek(max(0, size - 65_557)); tail = f.read()
+    end = tail.rfind(_ZIP_END)
+    return end >= 0 and end + 22 + int.from_bytes(tail[end + 20:end + 22], 'little') == len(tail)
 
 def _load_error(path, head, size, e):
     "The CheckpointError for exception `e` raised by `torch.load` on `path`."
-    if 'Weights only load failed' in str(e) and head[:2] in (_ZIP_START[:2], b'\x80\x02'):
+    if size < 22: return _damaged(path, f"it is only {size} bytes long, too short for any checkpoint")
+    if 'Weights only load failed' in str(e) and (head == _ZIP_START or head[:2] == b'\x80\x02'):
         return CheckpointError(
             f"{path} is not a readable learnerlab checkpoint: it is damaged or unsafe, because it holds Python "
             "objects that only torch.load(weights_only=False) would rebuild, and that can run arbitrary code. "
@@ -138,7 +140,8 @@ def _load_error(path, head, size, e):
     if not _zip_is_complete(path, size):
         return _damaged(path, f"it is cut short ({size:,} bytes, the end of its zip archive is missing), "
                               "as an interrupted copy or a full disk leaves it")
-    return _damaged(path, f"torch cannot read its zip archive ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+    detail = (str(e).splitlines() or [''])[0][:200]
+    return _damaged(path, f"torch cannot read its zip archive ({type(e).__name__}{': ' + detail if detail else ''})")
 
 def _torch_load(path, map_location):
     "`torch.load(path, weights_only=True)`, with every failure turned into a CheckpointError."
@@ -190,7 +193,7 @@ def read_checkpoint(path, map_location='cpu'):
     _check_state(path, state)
     return state
 
-# %% ../nbs/04b_checkpoint.ipynb #2c44349a
+# %% ../nbs/04b_checkpoint.ipynb #99104731
 @patch
 def ckpt_path(self:Learner, name):
     "Where checkpoint `name` lives: `path/model_dir/name.pth` (a path with a folder or suffix is used as is)."
