@@ -8,7 +8,7 @@ Docs: https://learnerlab.github.io/learnerlab/checkpoint.html.md"""
 __all__ = ['rng_states', 'set_rng_states', 'remove_stale_tmps', 'atomic_save', 'payload_sha256', 'CheckpointError',
            'read_checkpoint']
 
-# %% ../nbs/04b_checkpoint.ipynb #1c7e7381
+# %% ../nbs/04b_checkpoint.ipynb #5ca2ca5d
 import glob, hashlib, os, random, re, socket, tempfile, warnings
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from fastcore.basics import patch
 
 from .learner import Learner
 
-# %% ../nbs/04b_checkpoint.ipynb #8b1ca99d
+# %% ../nbs/04b_checkpoint.ipynb #10ce9bf2
 def rng_states():
     "The states of Python's, NumPy's (if installed), torch's and CUDA's random number generators."
     states = {'python': random.getstate(), 'torch': torch.get_rng_state()}
@@ -39,7 +39,7 @@ def set_rng_states(states):
         kind, keys, pos, has_gauss, gauss = states['numpy']
         np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
 
-# %% ../nbs/04b_checkpoint.ipynb #5fd766df
+# %% ../nbs/04b_checkpoint.ipynb #ebfc61b4
 def _host(): return re.sub(r'[^A-Za-z0-9_.-]', '-', socket.gethostname())
 
 def _pid_alive(pid):
@@ -85,7 +85,7 @@ def atomic_save(obj, path):
         raise
     return path
 
-# %% ../nbs/04b_checkpoint.ipynb #0810194f
+# %% ../nbs/04b_checkpoint.ipynb #f237d38b
 def _feed(h, obj):
     "Feed `obj` (tensors, plain containers and scalars) into hash `h`, with its types and structure."
     if isinstance(obj, torch.Tensor):
@@ -106,7 +106,7 @@ def payload_sha256(obj):
     _feed(h, obj)
     return h.hexdigest()
 
-# %% ../nbs/04b_checkpoint.ipynb #bc3f8fe6
+# %% ../nbs/04b_checkpoint.ipynb #06a451c1
 class CheckpointError(ValueError):
     "A file that `Learner.load` cannot use: its message says what is wrong and what to do."
 
@@ -193,7 +193,7 @@ def read_checkpoint(path, map_location='cpu'):
     _check_state(path, state)
     return state
 
-# %% ../nbs/04b_checkpoint.ipynb #99104731
+# %% ../nbs/04b_checkpoint.ipynb #0335caf6
 @patch
 def ckpt_path(self:Learner, name):
     "Where checkpoint `name` lives: `path/model_dir/name.pth` (a path with a folder or suffix is used as is)."
@@ -207,7 +207,7 @@ def _has(cb, method): return callable(getattr(type(cb), method, None))
 def save(self:Learner, name, with_opt=True):
     "Save model, optimizer state, callbacks' states, RNG states and epoch, with their checksum, to checkpoint `name`; return its path."
     state = {'format': _FORMAT, 'model': self.model.state_dict(),
-             'opt': self.opt.state_dict() if with_opt and self.opt is not None else None,
+             'opt': (self.opt.state_dict() if self.opt is not None else {}) if with_opt else None,
              'cbs': {cb.name: cb.state_dict() for cb in self._cbs if _has(cb, 'state_dict')},
              'rng': rng_states(), 'epoch': self.epoch}
     state['sha256'] = payload_sha256(state)
@@ -240,7 +240,8 @@ def _apply(learn, state, with_opt, with_cbs, with_rng):
     cbs = [cb for cb in learn._cbs if with_cbs and cb.name in state['cbs'] and _has(cb, 'load_state_dict')]
     point = _undo_point(learn, cbs)
     try:
-        if with_opt:
+        if with_opt and not state['opt']: learn.opt = None     # saved before it existed: the next fit makes a fresh one
+        elif with_opt:
             if learn.opt is None: learn.create_opt()
             learn.opt.load_state_dict(state['opt'])
         for cb in cbs: cb.load_state_dict(state['cbs'][cb.name])

@@ -76,7 +76,7 @@ def test_checkpoint_is_plain_torch_with_its_checksum(saved):
 @pytest.mark.parametrize('seed', [0, 1, 2])
 def test_every_byte_flip_is_refused_or_harmless(tmp_path, seed):
     "A flipped byte anywhere either is refused as damaged, or lies outside the payload (zip padding, CRCs) and changes nothing."
-    random.seed(seed); np.random.seed(seed)   # the RNG states are is part of the file: each seed lays it out differently
+    random.seed(seed); np.random.seed(seed)   # the RNG states are in the file: each seed lays it out differently
     learn = learner(tmp_path, seed=seed); learn.fit(2); path = learn.save('ck')
     good = path.read_bytes()
     original = read_checkpoint(path)
@@ -341,3 +341,15 @@ trees = st.recursive(leaves, lambda kids: st.one_of(st.lists(kids, max_size=3), 
 def test_checksum_survives_a_round_trip_through_a_file(obj):
     buf = io.BytesIO(); torch.save(obj, buf); buf.seek(0)
     assert payload_sha256(torch.load(buf, weights_only=True)) == payload_sha256(obj)
+
+
+def test_checkpoint_saved_before_the_optimizer_existed(tmp_path):
+    early = learner(tmp_path); assert early.opt is None; path = early.save('early')
+    assert torch.load(path, weights_only=True)['opt'] == {}
+    trained = learner(tmp_path, seed=1); trained.fit(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error'); trained.load(path)
+    assert trained.opt is None                              # the next fit starts a fresh optimizer, as `early` would
+    again = learner(tmp_path, seed=2); again.load(path); again.fit(2)
+    early.fit(2)
+    for p, q in zip(early.model.parameters(), again.model.parameters()): assert torch.equal(p, q)
