@@ -1,4 +1,4 @@
-"""Random number generator states, atomic saving, and `Learner.save` / `Learner.load`: a checkpoint that resumes a fit exactly.
+"""Random number generator states, atomic saving that cleans up after killed saves, checksummed checkpoints that say what is wrong with a damaged file, and `Learner.save` / `Learner.load` (all or nothing): a checkpoint that resumes a fit exactly.
 
 Docs: https://learnerlab.github.io/learnerlab/checkpoint.html.md"""
 
@@ -8,7 +8,7 @@ Docs: https://learnerlab.github.io/learnerlab/checkpoint.html.md"""
 __all__ = ['rng_states', 'set_rng_states', 'remove_stale_tmps', 'atomic_save', 'payload_sha256', 'CheckpointError',
            'read_checkpoint']
 
-# %% ../nbs/04b_checkpoint.ipynb #5ca2ca5d
+# %% ../nbs/04b_checkpoint.ipynb #362964a3
 import glob, hashlib, os, random, re, socket, tempfile, warnings
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from fastcore.basics import patch
 
 from .learner import Learner
 
-# %% ../nbs/04b_checkpoint.ipynb #10ce9bf2
+# %% ../nbs/04b_checkpoint.ipynb #f40f7a03
 def rng_states():
     "The states of Python's, NumPy's (if installed), torch's and CUDA's random number generators."
     states = {'python': random.getstate(), 'torch': torch.get_rng_state()}
@@ -39,7 +39,7 @@ def set_rng_states(states):
         kind, keys, pos, has_gauss, gauss = states['numpy']
         np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
 
-# %% ../nbs/04b_checkpoint.ipynb #ebfc61b4
+# %% ../nbs/04b_checkpoint.ipynb #8e43bc0b
 def _host(): return re.sub(r'[^A-Za-z0-9_.-]', '-', socket.gethostname())
 
 def _pid_alive(pid):
@@ -85,13 +85,13 @@ def atomic_save(obj, path):
         raise
     return path
 
-# %% ../nbs/04b_checkpoint.ipynb #f237d38b
+# %% ../nbs/04b_checkpoint.ipynb #b7ca9815
 def _feed(h, obj):
     "Feed `obj` (tensors, plain containers and scalars) into hash `h`, with its types and structure."
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().resolve_conj().resolve_neg().contiguous()
         h.update(f'T{t.dtype}{tuple(t.shape)}:'.encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())   # numpy comes with matplotlib, a dependency
     elif isinstance(obj, dict):
         h.update(f'D{len(obj)}:'.encode())
         for k, v in obj.items(): _feed(h, k); _feed(h, v)
@@ -106,7 +106,7 @@ def payload_sha256(obj):
     _feed(h, obj)
     return h.hexdigest()
 
-# %% ../nbs/04b_checkpoint.ipynb #06a451c1
+# %% ../nbs/04b_checkpoint.ipynb #4b77abbb
 class CheckpointError(ValueError):
     "A file that `Learner.load` cannot use: its message says what is wrong and what to do."
 
@@ -193,7 +193,7 @@ def read_checkpoint(path, map_location='cpu'):
     _check_state(path, state)
     return state
 
-# %% ../nbs/04b_checkpoint.ipynb #0335caf6
+# %% ../nbs/04b_checkpoint.ipynb #c679b000
 @patch
 def ckpt_path(self:Learner, name):
     "Where checkpoint `name` lives: `path/model_dir/name.pth` (a path with a folder or suffix is used as is)."
