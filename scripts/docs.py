@@ -212,13 +212,23 @@ def _output_text(out):
         return ''.join(data['text/plain'])
     return None
 
+def absolute_page_links(md, base_url, stems):
+    "`md` with links to the site's pages (`](04_learner.ipynb)`, `](04_learner.html#x)`) made absolute, for README.md."
+    def fix(m):
+        stem, ext, anchor = m.group(1), m.group(2), m.group(3) or ''
+        if stem not in stems: return m.group(0)
+        return f'](' + base_url + page_name(stem + '.ipynb') + anchor + ')'
+    return re.sub(r'\]\(([\w-]+)\.(ipynb|html)(#[^)\s]*)?\)', fix, md)
+
 def readme_text(nb_path=NBS/'index.ipynb'):
-    "Markdown for README.md from the index notebook: prose, visible code and text outputs."
+    "Markdown for README.md from the index notebook: prose (page links made absolute), visible code and text outputs."
+    from docs_html import site_url
     nb = json.loads(Path(nb_path).read_text())
+    stems, base = {p.stem for p in Path(nb_path).parent.glob('*.ipynb')}, site_url()
     parts = ['<!-- WARNING: generated from nbs/index.ipynb by `python scripts/docs.py readme`; edit the notebook. -->']
     for cell in nb['cells']:
         src = ''.join(cell['source'])
-        if cell['cell_type'] == 'markdown': parts.append(src); continue
+        if cell['cell_type'] == 'markdown': parts.append(absolute_page_links(src, base, stems)); continue
         lines = src.split('\n')
         directives = [l for l in lines if l.startswith('#|')]
         if any(d.split()[1:2] in (['hide'], ['export'], ['exporti'], ['default_exp']) for d in directives): continue

@@ -8,7 +8,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT/'scripts'))
 from docs_showdoc import default_text, signature_text, param_table   # noqa: E402
-from docs import page_name, link_notebook_mentions, drop_plot_reprs, terminal_text, drop_local_paths, link_mentions_in_api_docs   # noqa: E402
+from docs import page_name, absolute_page_links, link_notebook_mentions, drop_plot_reprs, terminal_text, drop_local_paths, link_mentions_in_api_docs   # noqa: E402
 from docs_html import LinkFixer, drop_font_imports   # noqa: E402
 
 def valley(xs): return xs
@@ -126,3 +126,12 @@ def test_font_imports_removed(tmp_path):
     css.write_text('@import url(https://fonts.googleapis.com/css2?family=Source+Sans+Pro:wght@300;400&display=swap);body{color:red}')
     drop_font_imports(tmp_path)
     fct.test_eq(css.read_text(), 'body{color:red}')
+
+
+def test_readme_links_to_pages_are_absolute():
+    base = 'https://example.org/proj/'
+    md = 'See [the Learner](04_learner.ipynb), [its loop](04_learner.html#fit), [Quarto](https://quarto.org) and [a file](notes.md).'
+    out = absolute_page_links(md, base, {'04_learner'})
+    fct.test_eq(out, 'See [the Learner](https://example.org/proj/learner.html), '
+                     '[its loop](https://example.org/proj/learner.html#fit), [Quarto](https://quarto.org) and [a file](notes.md).')
+    fct.test_eq(absolute_page_links('[x](99_missing.ipynb)', base, {'04_learner'}), '[x](99_missing.ipynb)')
