@@ -10,7 +10,7 @@ __all__ = ['IMPLS', 'sgd_cb', 'spread_values', 'limit_hyper', 'missing_names', '
            'average_sqr_grad', 'step_stat', 'momentum_step', 'rms_prop_step', 'debias', 'adam_step', 'SGD', 'RMSProp',
            'Adam', 'norm_bias_params']
 
-# %% ../nbs/01_optimizer.ipynb #7ce6944f
+# %% ../nbs/01_optimizer.ipynb #09010a06
 import math, inspect, numbers
 from collections.abc import Iterable
 from functools import partial
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from fastcore.basics import patch
 
-# %% ../nbs/01_optimizer.ipynb #f0804141
+# %% ../nbs/01_optimizer.ipynb #6a46a5f6
 _PARAMS_FIX = "pass model.parameters(), a list of tensors, or a list of parameter groups"
 
 def _listed(ps, where):
@@ -65,10 +65,13 @@ def _param_groups(params):
             seen[id(p)] = gi
     return groups, overrides
 
-# %% ../nbs/01_optimizer.ipynb #171f21fd
+# %% ../nbs/01_optimizer.ipynb #a493aacb
 def spread_values(v, n):
     "List of `n` values from `v`: a number, a list of `n` values, or a `slice(lo, hi)` spread geometrically."
     if isinstance(v, slice):
+        ends = [e for e in (v.start, v.stop) if e is not None]
+        if v.step is not None or not ends or any(isinstance(e, bool) or not isinstance(e, numbers.Real) or not e > 0 for e in ends):
+            raise ValueError(f"{v} cannot be spread over the groups: pass slice(lo, hi) or slice(hi) with numbers > 0, e.g. slice(1e-5, 1e-3)")
         if v.start is None: return [v.stop / 10] * (n - 1) + [v.stop]
         if n == 1: return [v.stop]
         ratio = (v.stop / v.start) ** (1 / (n - 1))
@@ -78,7 +81,7 @@ def spread_values(v, n):
         return list(v)
     return [v] * n
 
-# %% ../nbs/01_optimizer.ipynb #6696ef59
+# %% ../nbs/01_optimizer.ipynb #11ce0036
 _STANDARD_HYPERS = ('lr', 'mom', 'sqr_mom', 'eps', 'wd')
 
 _LIMITS = {'lr': (0., math.inf, True, False, '1e-3'), 'wd': (0., math.inf, True, False, '0.01'),
@@ -117,7 +120,7 @@ def _hyper_error(name, v, lim):
         raise TypeError(f"{name} must be a number, got {what}; pass {fix or f'e.g. {name}={lim[4]}'}")
     if not _in_range(v, lim): raise ValueError(f"{name} must be {_range_text(lim)}, got {v!r}; pass e.g. {name}={lim[4]}")
 
-# %% ../nbs/01_optimizer.ipynb #c7f474b9
+# %% ../nbs/01_optimizer.ipynb #50d6659b
 def _cb_name(cb):
     "A readable name for callback `cb` (a function or a `partial` of one)."
     f = cb.func if isinstance(cb, partial) else cb
@@ -132,7 +135,7 @@ def _update(state, new, cb=None):
     state.update(new)
     return state
 
-# %% ../nbs/01_optimizer.ipynb #545afdd2
+# %% ../nbs/01_optimizer.ipynb #1b9c8224
 def _required(cb):
     "The keyword arguments without default that callback `cb` takes after the parameter `p`."
     try: params = list(inspect.signature(cb).parameters.values())[1:]
@@ -161,7 +164,7 @@ def check_hypers(cbs, hyper, state_names=()):
         names = missing_names(cb, available)
         if names: raise missing_hyper_error(cb, names)
 
-# %% ../nbs/01_optimizer.ipynb #d9db49c2
+# %% ../nbs/01_optimizer.ipynb #040975f9
 def _call(cb, p, kw):
     "`cb(p, **kw)`, with `missing_hyper_error` instead of Python's bare error for a missing argument."
     try: return cb(p, **kw)
@@ -177,14 +180,14 @@ def loop_step(cbs, ps, state, hyper):
         for cb in cbs: st = _update(st, _call(cb, p, {**st, **hyper}), cb)
         state[p] = st
 
-# %% ../nbs/01_optimizer.ipynb #fb7917cb
+# %% ../nbs/01_optimizer.ipynb #db5779d1
 def callback_defaults(cbs):
     "The `defaults` dicts of the callbacks `cbs` (or of the functions they are partials of), merged in order."
     out = {}
     for cb in cbs: out.update(getattr(cb.func if isinstance(cb, partial) else cb, 'defaults', {}))
     return out
 
-# %% ../nbs/01_optimizer.ipynb #1fba9e85
+# %% ../nbs/01_optimizer.ipynb #0ec46f8a
 class BaseOptimizer:
     "What every learnerlab optimizer shares: parameters in groups with hyper-parameters, freezing, saving."
     def all_params(self, n=slice(None), with_grad=False):
@@ -200,7 +203,7 @@ class BaseOptimizer:
         for g in grads: g.detach_()
         if grads: torch._foreach_zero_(grads)
 
-# %% ../nbs/01_optimizer.ipynb #e6cbad87
+# %% ../nbs/01_optimizer.ipynb #3ca0be64
 IMPLS = ('auto', 'loop', 'foreach', 'fused', 'compile')
 
 class Optimizer(BaseOptimizer):
@@ -272,14 +275,14 @@ def _cb_names(cbs):
         names |= got
     return names
 
-# %% ../nbs/01_optimizer.ipynb #e29f2298
+# %% ../nbs/01_optimizer.ipynb #494f2009
 def sgd_step(p, lr, **kwargs):
     "Move `p` against its gradient: `p -= lr * grad`."
     p.data.add_(p.grad.data, alpha=-lr)
 
 sgd_cb = sgd_step
 
-# %% ../nbs/01_optimizer.ipynb #7852fe6d
+# %% ../nbs/01_optimizer.ipynb #6f151bf5
 def weight_decay(p, lr, wd, **kwargs):
     "Decoupled weight decay: `p *= 1 - lr*wd`."
     if wd != 0: p.data.mul_(1 - lr * wd)
@@ -290,7 +293,7 @@ def l2_reg(p, wd, **kwargs):
 
 weight_decay.defaults = l2_reg.defaults = dict(wd=0.)
 
-# %% ../nbs/01_optimizer.ipynb #864a726f
+# %% ../nbs/01_optimizer.ipynb #28b05da2
 def average_grad(p, mom, dampening=False, grad_avg=None, **kwargs):
     "Moving average of the gradients, in state `grad_avg`; `dampening` multiplies the new gradient by `1-mom`."
     if grad_avg is None: grad_avg = torch.zeros_like(p.grad.data)
@@ -306,14 +309,14 @@ def average_sqr_grad(p, sqr_mom, dampening=True, sqr_avg=None, **kwargs):
 
 average_grad.defaults, average_sqr_grad.defaults = dict(mom=0.9), dict(sqr_mom=0.99)
 
-# %% ../nbs/01_optimizer.ipynb #e84e7e1e
+# %% ../nbs/01_optimizer.ipynb #a7562b03
 def step_stat(p, step=None, **kwargs):
     "Count the steps taken, in state `step` (a 0-d float32 tensor)."
     if step is None: step = torch.zeros((), dtype=torch.float32, device=p.device)
     step += 1
     return {'step': step}
 
-# %% ../nbs/01_optimizer.ipynb #3180dab2
+# %% ../nbs/01_optimizer.ipynb #8798d5ff
 def momentum_step(p, lr, grad_avg, **kwargs):
     "Move `p` along the averaged gradient: `p -= lr * grad_avg`."
     p.data.add_(grad_avg, alpha=-lr)
@@ -332,7 +335,7 @@ def rms_prop_step(p, lr, sqr_avg, eps, grad_avg=None, mom=0., mom_buf=None, **kw
 
 rms_prop_step.defaults = dict(eps=1e-8)
 
-# %% ../nbs/01_optimizer.ipynb #46005056
+# %% ../nbs/01_optimizer.ipynb #5fea6903
 def debias(mom, step):
     "The debiasing factor `1 - mom**step` for a damped moving average after `step` steps."
     return 1 - mom ** step
@@ -344,7 +347,7 @@ def adam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     denom = (sqr_avg.sqrt() / math.sqrt(debias(sqr_mom, step))).add_(eps)
     p.data.addcdiv_(grad_avg, denom, value=-step_size)
 
-# %% ../nbs/01_optimizer.ipynb #0589ad85
+# %% ../nbs/01_optimizer.ipynb #a4164329
 def SGD(params, lr, mom=0., wd=0., decouple_wd=True, impl='auto'):
     "SGD with optional momentum (undamped, as `torch.optim.SGD`) and weight decay (decoupled, or L2 with `decouple_wd=False`)."
     cbs = [weight_decay if decouple_wd else l2_reg]
@@ -352,13 +355,13 @@ def SGD(params, lr, mom=0., wd=0., decouple_wd=True, impl='auto'):
     return Optimizer(params, cbs, lr=lr, mom=mom, wd=wd, impl=impl,
                      fused=dict(kernel='sgd_mom' if mom != 0 else 'sgd', decouple_wd=decouple_wd))
 
-# %% ../nbs/01_optimizer.ipynb #f86e9533
+# %% ../nbs/01_optimizer.ipynb #bab0c7ef
 def RMSProp(params, lr, sqr_mom=0.99, mom=0., eps=1e-8, wd=0., decouple_wd=True, impl='auto'):
     "RMSProp (PyTorch's form, momentum on the normalised step) with decoupled or L2 weight decay."
     cbs = [weight_decay if decouple_wd else l2_reg, average_sqr_grad, rms_prop_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, impl=impl)
 
-# %% ../nbs/01_optimizer.ipynb #efeccd1a
+# %% ../nbs/01_optimizer.ipynb #194aa43e
 def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True, impl='auto'):
     "Adam with fastai's defaults; decoupled weight decay (AdamW) unless `decouple_wd=False` (L2, like `torch.optim.Adam`)."
     cbs = [weight_decay if decouple_wd else l2_reg, partial(average_grad, dampening=True),
@@ -366,7 +369,7 @@ def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True,
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, impl=impl,
                      fused=dict(kernel='adam', decouple_wd=decouple_wd))
 
-# %% ../nbs/01_optimizer.ipynb #4a4e021b
+# %% ../nbs/01_optimizer.ipynb #0e0e9fcd
 @patch
 def set_hyper(self: BaseOptimizer, k, v):
     "Set hyper-parameter `k` to `v` (a number, a list with one value per group, or a slice) in every group."
@@ -381,7 +384,7 @@ def set_hypers(self: BaseOptimizer, **kwargs):
     "Set several hyper-parameters at once, e.g. `set_hypers(lr=1e-3, mom=0.9)`."
     for k, v in kwargs.items(): self.set_hyper(k, v)
 
-# %% ../nbs/01_optimizer.ipynb #0ff7adda
+# %% ../nbs/01_optimizer.ipynb #94ce99d0
 @patch
 def freeze_to(self: BaseOptimizer, n):
     "Freeze the parameter groups before index `n` (negative counts from the end), unfreeze the rest."
@@ -403,7 +406,7 @@ def unfreeze(self: BaseOptimizer):
     "Make every parameter group trainable."
     self.freeze_to(0)
 
-# %% ../nbs/01_optimizer.ipynb #8edb2834
+# %% ../nbs/01_optimizer.ipynb #dd337daa
 _NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
                 nn.InstanceNorm3d, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
@@ -422,7 +425,7 @@ def exclude_wd(self: BaseOptimizer, params):
     "Step the parameters `params` (e.g. `norm_bias_params(model)`) without weight decay, whatever their group's `wd`."
     self._set_no_wd({id(p) for p in params})
 
-# %% ../nbs/01_optimizer.ipynb #ff8a23ea
+# %% ../nbs/01_optimizer.ipynb #a87a8a54
 @patch
 def _layout(self: BaseOptimizer):
     "The shape of each parameter, group by group."
