@@ -8,7 +8,7 @@ Docs: https://learnerlab.github.io/learnerlab/more_optimizers.html.md"""
 __all__ = ['radam_step', 'RAdam', 'qhadam_step', 'QHAdam', 'lamb_step', 'LAMB', 'larc_layer_lr', 'larc_step', 'Larc', 'Lookahead',
            'ranger', 'OptimWrapper']
 
-# %% ../nbs/01c_more_optimizers.ipynb #141b692e
+# %% ../nbs/01c_more_optimizers.ipynb #4ea0b77d
 import math, inspect, numbers
 from functools import partial
 import torch
@@ -16,7 +16,7 @@ from .optimizer import (Optimizer, BaseOptimizer, _param_groups, _check_hyper, _
                                   weight_decay, l2_reg, average_grad, average_sqr_grad, step_stat)
 from .multi_tensor import register_multi_tensor
 
-# %% ../nbs/01c_more_optimizers.ipynb #74109924
+# %% ../nbs/01c_more_optimizers.ipynb #aa63144e
 def radam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     "RAdam's rectified Adam step (momentum-only while the variance estimate is unreliable), as in `torch.optim.RAdam`."
     step = float(step)
@@ -34,7 +34,7 @@ def RAdam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True, 
            step_stat, radam_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, impl=impl)
 
-# %% ../nbs/01c_more_optimizers.ipynb #344e19fe
+# %% ../nbs/01c_more_optimizers.ipynb #0be36443
 def qhadam_step(p, lr, mom, sqr_mom, sqr_avg, nu_1, nu_2, step, grad_avg, eps, **kwargs):
     "QHAdam's step: Adam on a mix `nu_1` of averaged and current gradient (and `nu_2` for the squares)."
     step, g = float(step), p.grad.data
@@ -50,7 +50,7 @@ def QHAdam(params, lr, mom=0.999, sqr_mom=0.999, nu_1=0.7, nu_2=1.0, eps=1e-8, w
 
 limit_hyper('nu_1', 0, 1, high_ok=True, example='0.7'); limit_hyper('nu_2', 0, 1, high_ok=True, example='1.0')
 
-# %% ../nbs/01c_more_optimizers.ipynb #2bb54881
+# %% ../nbs/01c_more_optimizers.ipynb #22da7a27
 def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     "LAMB's step: Adam's update scaled per tensor by the trust ratio `||p|| / ||update||` (at most 10)."
     step = float(step)
@@ -65,7 +65,7 @@ def LAMB(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True, i
            step_stat, lamb_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, impl=impl)
 
-# %% ../nbs/01c_more_optimizers.ipynb #ecd296da
+# %% ../nbs/01c_more_optimizers.ipynb #43c86d7f
 def larc_layer_lr(p, lr, trust_coeff, wd, eps, clip=True, **kwargs):
     "The per-tensor learning rate of LARS (`clip=False`) or LARC (`clip=True`), in state `local_lr`."
     p_norm, g_norm = p.data.norm().item(), p.grad.data.norm().item()
@@ -86,7 +86,7 @@ def Larc(params, lr, mom=0.9, clip=True, trust_coeff=0.02, eps=1e-8, wd=0., deco
 
 limit_hyper('trust_coeff', 0, math.inf, low_ok=False, example='0.02')
 
-# %% ../nbs/01c_more_optimizers.ipynb #b69ba341
+# %% ../nbs/01c_more_optimizers.ipynb #0875e26c
 def _debiased(lst, mom, steps):
     "New tensors `lst[i] / (1 - mom**steps[i])`."
     return torch._foreach_div(lst, [debias(mom, s) for s in steps])
@@ -149,7 +149,7 @@ for _cb, _form, _names in [(radam_step, _mt_radam_step, ()), (qhadam_step, _mt_q
                            (larc_layer_lr, _mt_larc_layer_lr, ('local_lr',)), (larc_step, _mt_larc_step, ())]:
     register_multi_tensor(_cb, _form, _names)
 
-# %% ../nbs/01c_more_optimizers.ipynb #db2d549d
+# %% ../nbs/01c_more_optimizers.ipynb #9e3e3474
 class Lookahead(BaseOptimizer):
     "Wrap optimizer `opt`: every `k` steps, move slow weights `alpha` of the way to the fast ones and restart from them."
     def __init__(self, opt, k=6, alpha=0.5):
@@ -194,12 +194,12 @@ class Lookahead(BaseOptimizer):
         "Forget the inner optimizer's state and the slow weights."
         self.opt.clear_state(); self.slow, self.count = None, 0
 
-# %% ../nbs/01c_more_optimizers.ipynb #8926f016
+# %% ../nbs/01c_more_optimizers.ipynb #86016809
 def ranger(params, lr, mom=0.95, sqr_mom=0.99, eps=1e-6, wd=0.01, k=6, alpha=0.5, decouple_wd=True, impl='auto'):
     "Ranger: `Lookahead` around `RAdam`."
     return Lookahead(RAdam(params, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, decouple_wd=decouple_wd, impl=impl), k=k, alpha=alpha)
 
-# %% ../nbs/01c_more_optimizers.ipynb #5879e49b
+# %% ../nbs/01c_more_optimizers.ipynb #49e6cb25
 def _default_hp_map(torch_defaults):
     "learnerlab name -> torch name (or `(name, index)` into a tuple) for a torch optimizer with `torch_defaults`."
     m = {'lr': 'lr', 'wd': 'weight_decay', 'eps': 'eps'}
@@ -213,7 +213,7 @@ def _torch_defaults(opt_cls):
     "The keyword defaults of the torch optimizer class `opt_cls`."
     return {k: v.default for k, v in inspect.signature(opt_cls).parameters.items() if v.default is not inspect.Parameter.empty}
 
-# %% ../nbs/01c_more_optimizers.ipynb #af838d85
+# %% ../nbs/01c_more_optimizers.ipynb #21af2427
 class OptimWrapper(BaseOptimizer):
     "Use the `torch.optim` optimizer class `opt` through learnerlab's interface, with hyper names translated by `hp_map`."
     def __init__(self, params, opt=torch.optim.AdamW, hp_map=None, train_bn=True, **kwargs):

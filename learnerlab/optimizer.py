@@ -10,7 +10,7 @@ __all__ = ['IMPLS', 'sgd_cb', 'spread_values', 'limit_hyper', 'missing_names', '
            'average_sqr_grad', 'step_stat', 'momentum_step', 'rms_prop_step', 'debias', 'adam_step', 'SGD', 'RMSProp',
            'Adam', 'norm_bias_params']
 
-# %% ../nbs/01_optimizer.ipynb #09010a06
+# %% ../nbs/01_optimizer.ipynb #5d8334c8
 import math, inspect, numbers
 from collections.abc import Iterable
 from functools import partial
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from fastcore.basics import patch
 
-# %% ../nbs/01_optimizer.ipynb #6a46a5f6
+# %% ../nbs/01_optimizer.ipynb #4ccabbcd
 _PARAMS_FIX = "pass model.parameters(), a list of tensors, or a list of parameter groups"
 
 def _listed(ps, where):
@@ -40,6 +40,7 @@ def _check_params(ps, where):
 
 def _param_groups(params):
     "Split `params` into a list of parameter lists and a list of per-group hyper overrides."
+    if isinstance(params, dict): raise TypeError("params is one parameter group (a dict): pass a list of groups, [{'params': ..., 'lr': ...}]")
     params = _listed(params, 'params')
     if len(params) == 0 or isinstance(params[0], torch.Tensor):
         groups, overrides = [_check_params(params, 'params')], [{}]
@@ -65,7 +66,7 @@ def _param_groups(params):
             seen[id(p)] = gi
     return groups, overrides
 
-# %% ../nbs/01_optimizer.ipynb #a493aacb
+# %% ../nbs/01_optimizer.ipynb #72b21a5e
 def spread_values(v, n):
     "List of `n` values from `v`: a number, a list of `n` values, or a `slice(lo, hi)` spread geometrically."
     if isinstance(v, slice):
@@ -81,7 +82,7 @@ def spread_values(v, n):
         return list(v)
     return [v] * n
 
-# %% ../nbs/01_optimizer.ipynb #11ce0036
+# %% ../nbs/01_optimizer.ipynb #5fda99fb
 _STANDARD_HYPERS = ('lr', 'mom', 'sqr_mom', 'eps', 'wd')
 
 _LIMITS = {'lr': (0., math.inf, True, False, '1e-3'), 'wd': (0., math.inf, True, False, '0.01'),
@@ -120,7 +121,7 @@ def _hyper_error(name, v, lim):
         raise TypeError(f"{name} must be a number, got {what}; pass {fix or f'e.g. {name}={lim[4]}'}")
     if not _in_range(v, lim): raise ValueError(f"{name} must be {_range_text(lim)}, got {v!r}; pass e.g. {name}={lim[4]}")
 
-# %% ../nbs/01_optimizer.ipynb #50d6659b
+# %% ../nbs/01_optimizer.ipynb #870a2666
 def _cb_name(cb):
     "A readable name for callback `cb` (a function or a `partial` of one)."
     f = cb.func if isinstance(cb, partial) else cb
@@ -135,7 +136,7 @@ def _update(state, new, cb=None):
     state.update(new)
     return state
 
-# %% ../nbs/01_optimizer.ipynb #1b9c8224
+# %% ../nbs/01_optimizer.ipynb #c8f2a3c9
 def _required(cb):
     "The keyword arguments without default that callback `cb` takes after the parameter `p`."
     try: params = list(inspect.signature(cb).parameters.values())[1:]
@@ -164,7 +165,7 @@ def check_hypers(cbs, hyper, state_names=()):
         names = missing_names(cb, available)
         if names: raise missing_hyper_error(cb, names)
 
-# %% ../nbs/01_optimizer.ipynb #040975f9
+# %% ../nbs/01_optimizer.ipynb #a92a2073
 def _call(cb, p, kw):
     "`cb(p, **kw)`, with `missing_hyper_error` instead of Python's bare error for a missing argument."
     try: return cb(p, **kw)
@@ -180,14 +181,14 @@ def loop_step(cbs, ps, state, hyper):
         for cb in cbs: st = _update(st, _call(cb, p, {**st, **hyper}), cb)
         state[p] = st
 
-# %% ../nbs/01_optimizer.ipynb #db5779d1
+# %% ../nbs/01_optimizer.ipynb #f98f1b41
 def callback_defaults(cbs):
     "The `defaults` dicts of the callbacks `cbs` (or of the functions they are partials of), merged in order."
     out = {}
     for cb in cbs: out.update(getattr(cb.func if isinstance(cb, partial) else cb, 'defaults', {}))
     return out
 
-# %% ../nbs/01_optimizer.ipynb #0ec46f8a
+# %% ../nbs/01_optimizer.ipynb #f2f42ace
 class BaseOptimizer:
     "What every learnerlab optimizer shares: parameters in groups with hyper-parameters, freezing, saving."
     def all_params(self, n=slice(None), with_grad=False):
@@ -203,7 +204,7 @@ class BaseOptimizer:
         for g in grads: g.detach_()
         if grads: torch._foreach_zero_(grads)
 
-# %% ../nbs/01_optimizer.ipynb #3ca0be64
+# %% ../nbs/01_optimizer.ipynb #54f5af4a
 IMPLS = ('auto', 'loop', 'foreach', 'fused', 'compile')
 
 class Optimizer(BaseOptimizer):
@@ -275,14 +276,14 @@ def _cb_names(cbs):
         names |= got
     return names
 
-# %% ../nbs/01_optimizer.ipynb #494f2009
+# %% ../nbs/01_optimizer.ipynb #2afcced3
 def sgd_step(p, lr, **kwargs):
     "Move `p` against its gradient: `p -= lr * grad`."
     p.data.add_(p.grad.data, alpha=-lr)
 
 sgd_cb = sgd_step
 
-# %% ../nbs/01_optimizer.ipynb #6f151bf5
+# %% ../nbs/01_optimizer.ipynb #0c13d40a
 def weight_decay(p, lr, wd, **kwargs):
     "Decoupled weight decay: `p *= 1 - lr*wd`."
     if wd != 0: p.data.mul_(1 - lr * wd)
@@ -293,7 +294,7 @@ def l2_reg(p, wd, **kwargs):
 
 weight_decay.defaults = l2_reg.defaults = dict(wd=0.)
 
-# %% ../nbs/01_optimizer.ipynb #28b05da2
+# %% ../nbs/01_optimizer.ipynb #446bb16c
 def average_grad(p, mom, dampening=False, grad_avg=None, **kwargs):
     "Moving average of the gradients, in state `grad_avg`; `dampening` multiplies the new gradient by `1-mom`."
     if grad_avg is None: grad_avg = torch.zeros_like(p.grad.data)
@@ -309,14 +310,14 @@ def average_sqr_grad(p, sqr_mom, dampening=True, sqr_avg=None, **kwargs):
 
 average_grad.defaults, average_sqr_grad.defaults = dict(mom=0.9), dict(sqr_mom=0.99)
 
-# %% ../nbs/01_optimizer.ipynb #a7562b03
+# %% ../nbs/01_optimizer.ipynb #19864eb8
 def step_stat(p, step=None, **kwargs):
     "Count the steps taken, in state `step` (a 0-d float32 tensor)."
     if step is None: step = torch.zeros((), dtype=torch.float32, device=p.device)
     step += 1
     return {'step': step}
 
-# %% ../nbs/01_optimizer.ipynb #8798d5ff
+# %% ../nbs/01_optimizer.ipynb #cc7b96dc
 def momentum_step(p, lr, grad_avg, **kwargs):
     "Move `p` along the averaged gradient: `p -= lr * grad_avg`."
     p.data.add_(grad_avg, alpha=-lr)
@@ -335,7 +336,7 @@ def rms_prop_step(p, lr, sqr_avg, eps, grad_avg=None, mom=0., mom_buf=None, **kw
 
 rms_prop_step.defaults = dict(eps=1e-8)
 
-# %% ../nbs/01_optimizer.ipynb #5fea6903
+# %% ../nbs/01_optimizer.ipynb #b4b84ebd
 def debias(mom, step):
     "The debiasing factor `1 - mom**step` for a damped moving average after `step` steps."
     return 1 - mom ** step
@@ -347,7 +348,7 @@ def adam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     denom = (sqr_avg.sqrt() / math.sqrt(debias(sqr_mom, step))).add_(eps)
     p.data.addcdiv_(grad_avg, denom, value=-step_size)
 
-# %% ../nbs/01_optimizer.ipynb #a4164329
+# %% ../nbs/01_optimizer.ipynb #dcbd81c3
 def SGD(params, lr, mom=0., wd=0., decouple_wd=True, impl='auto'):
     "SGD with optional momentum (undamped, as `torch.optim.SGD`) and weight decay (decoupled, or L2 with `decouple_wd=False`)."
     cbs = [weight_decay if decouple_wd else l2_reg]
@@ -355,13 +356,13 @@ def SGD(params, lr, mom=0., wd=0., decouple_wd=True, impl='auto'):
     return Optimizer(params, cbs, lr=lr, mom=mom, wd=wd, impl=impl,
                      fused=dict(kernel='sgd_mom' if mom != 0 else 'sgd', decouple_wd=decouple_wd))
 
-# %% ../nbs/01_optimizer.ipynb #bab0c7ef
+# %% ../nbs/01_optimizer.ipynb #57a574f9
 def RMSProp(params, lr, sqr_mom=0.99, mom=0., eps=1e-8, wd=0., decouple_wd=True, impl='auto'):
     "RMSProp (PyTorch's form, momentum on the normalised step) with decoupled or L2 weight decay."
     cbs = [weight_decay if decouple_wd else l2_reg, average_sqr_grad, rms_prop_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, impl=impl)
 
-# %% ../nbs/01_optimizer.ipynb #194aa43e
+# %% ../nbs/01_optimizer.ipynb #e6be0391
 def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True, impl='auto'):
     "Adam with fastai's defaults; decoupled weight decay (AdamW) unless `decouple_wd=False` (L2, like `torch.optim.Adam`)."
     cbs = [weight_decay if decouple_wd else l2_reg, partial(average_grad, dampening=True),
@@ -369,7 +370,7 @@ def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True,
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, impl=impl,
                      fused=dict(kernel='adam', decouple_wd=decouple_wd))
 
-# %% ../nbs/01_optimizer.ipynb #0e0e9fcd
+# %% ../nbs/01_optimizer.ipynb #f4b4f804
 @patch
 def set_hyper(self: BaseOptimizer, k, v):
     "Set hyper-parameter `k` to `v` (a number, a list with one value per group, or a slice) in every group."
@@ -384,7 +385,7 @@ def set_hypers(self: BaseOptimizer, **kwargs):
     "Set several hyper-parameters at once, e.g. `set_hypers(lr=1e-3, mom=0.9)`."
     for k, v in kwargs.items(): self.set_hyper(k, v)
 
-# %% ../nbs/01_optimizer.ipynb #94ce99d0
+# %% ../nbs/01_optimizer.ipynb #e71b9ef5
 @patch
 def freeze_to(self: BaseOptimizer, n):
     "Freeze the parameter groups before index `n` (negative counts from the end), unfreeze the rest."
@@ -406,7 +407,7 @@ def unfreeze(self: BaseOptimizer):
     "Make every parameter group trainable."
     self.freeze_to(0)
 
-# %% ../nbs/01_optimizer.ipynb #dd337daa
+# %% ../nbs/01_optimizer.ipynb #b07d87f2
 _NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
                 nn.InstanceNorm3d, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
@@ -425,7 +426,7 @@ def exclude_wd(self: BaseOptimizer, params):
     "Step the parameters `params` (e.g. `norm_bias_params(model)`) without weight decay, whatever their group's `wd`."
     self._set_no_wd({id(p) for p in params})
 
-# %% ../nbs/01_optimizer.ipynb #a87a8a54
+# %% ../nbs/01_optimizer.ipynb #38480762
 @patch
 def _layout(self: BaseOptimizer):
     "The shape of each parameter, group by group."

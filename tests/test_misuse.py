@@ -121,7 +121,8 @@ def _params_cases():
            ('empty', lambda f: f([], lr=1e-3), ValueError, ('params is empty', 'nothing to train')),
            ('used-up-generator', lambda f: f(_spent(), lr=1e-3), ValueError, ('params is empty', 'list(model.parameters())')),
            ('module', lambda f: f(nn.Linear(2, 1), lr=1e-3), TypeError, ('the model Linear itself', 'pass its .parameters()')),
-           ('number', lambda f: f(3, lr=1e-3), TypeError, ('params is the int 3', 'not a tensor or a parameter group'))]
+           ('number', lambda f: f(3, lr=1e-3), TypeError, ('params is the int 3', 'not a tensor or a parameter group')),
+           ('one-dict', lambda f: f({'params': _ps()}, lr=1e-3), TypeError, ('params is one parameter group', "[{'params': ..., 'lr': ...}]"))]
     return [Case(f'{n}(params={what})', (lambda f=f, call=call: call(f)), exc, frags)
             for what, call, exc, frags in bad for n, f in BUILTINS.items()]
 
