@@ -9,10 +9,10 @@ __all__ = ['radam_step', 'RAdam', 'qhadam_step', 'QHAdam', 'lamb_step', 'LAMB', 
            'ranger', 'OptimWrapper']
 
 # %% ../nbs/01c_more_optimizers.ipynb #4ea0b77d
-import math, inspect
+import math, inspect, numbers
 from functools import partial
 import torch
-from .optimizer import (Optimizer, BaseOptimizer, _param_groups, _check_hyper, _STANDARD_HYPERS, debias,
+from .optimizer import (Optimizer, BaseOptimizer, _param_groups, _check_hyper, _STANDARD_HYPERS, debias, limit_hyper,
                                   weight_decay, l2_reg, average_grad, average_sqr_grad, step_stat)
 from .multi_tensor import register_multi_tensor
 
@@ -48,6 +48,8 @@ def QHAdam(params, lr, mom=0.999, sqr_mom=0.999, nu_1=0.7, nu_2=1.0, eps=1e-8, w
            step_stat, qhadam_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, nu_1=nu_1, nu_2=nu_2, eps=eps, wd=wd, impl=impl)
 
+limit_hyper('nu_1', 0, 1, high_ok=True, example='0.7'); limit_hyper('nu_2', 0, 1, high_ok=True, example='1.0')
+
 # %% ../nbs/01c_more_optimizers.ipynb #22da7a27
 def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     "LAMB's step: Adam's update scaled per tensor by the trust ratio `||p|| / ||update||` (at most 10)."
@@ -81,6 +83,8 @@ def Larc(params, lr, mom=0.9, clip=True, trust_coeff=0.02, eps=1e-8, wd=0., deco
     if mom != 0: cbs.append(average_grad)
     cbs += [partial(larc_layer_lr, clip=clip), larc_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, trust_coeff=trust_coeff, eps=eps, wd=wd, impl=impl)
+
+limit_hyper('trust_coeff', 0, math.inf, low_ok=False, example='0.02')
 
 # %% ../nbs/01c_more_optimizers.ipynb #0875e26c
 def _debiased(lst, mom, steps):
@@ -149,8 +153,12 @@ for _cb, _form, _names in [(radam_step, _mt_radam_step, ()), (qhadam_step, _mt_q
 class Lookahead(BaseOptimizer):
     "Wrap optimizer `opt`: every `k` steps, move slow weights `alpha` of the way to the fast ones and restart from them."
     def __init__(self, opt, k=6, alpha=0.5):
-        if k < 1: raise ValueError(f"Lookahead: k must be >= 1, got {k}")
-        if not 0 < alpha <= 1: raise ValueError(f"Lookahead: alpha must be in (0, 1], got {alpha}")
+        if not isinstance(opt, BaseOptimizer):
+            raise TypeError(f"Lookahead: opt must be a learnerlab optimizer such as Adam(params, lr=1e-3), got the {type(opt).__name__} {opt!r:.60}")
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise ValueError(f"Lookahead: k must be an int >= 1 (steps between two lookahead updates), got {k!r}; pass e.g. k=6")
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha <= 1:
+            raise ValueError(f"Lookahead: alpha must be a number in (0, 1], got {alpha!r}; pass e.g. alpha=0.5")
         self.opt, self.k, self.alpha, self.count, self.slow = opt, k, alpha, 0, None
 
     def __getattr__(self, name):

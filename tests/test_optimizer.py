@@ -246,6 +246,46 @@ def test_bad_lr():
     fct.test_fail(lambda: opt.set_hyper('lr', float('nan')), contains='lr is NaN')
 
 
+
+UPPER = {'lr': math.inf, 'wd': math.inf, 'eps': math.inf, 'mom': 1., 'sqr_mom': 1.}   # each in [0, upper), finite
+
+@given(st.sampled_from(sorted(UPPER)), st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(['init', 'set_hyper']))
+@settings(max_examples=300, deadline=None)
+def test_hyper_ranges_on_every_entry(name, v, where):
+    "A standard hyper-parameter is accepted exactly when it lies in its range, in the constructor and in set_hyper alike."
+    def make():
+        if where == 'init': return Adam([_w()], **{'lr': 1e-3, name: v})
+        Adam([_w()], lr=1e-3).set_hyper(name, v)
+    if 0 <= v < UPPER[name]: make()
+    else:
+        with pytest.raises(ValueError) as info: make()
+        assert f'{name} is NaN' in str(info.value) if math.isnan(v) else f'{name} must be' in str(info.value)
+        assert (math.isnan(v) or repr(v) in str(info.value)) and f'pass' in str(info.value)
+
+
+@pytest.mark.parametrize('v', ['0.01', 'x', None, True, {'lr': 0.1}, torch.ones(2)])
+@pytest.mark.parametrize('name', sorted(UPPER))
+def test_hyper_not_a_number(name, v):
+    "Anything but a real number (or a one-element tensor) is a TypeError naming the hyper-parameter and the value's type."
+    with pytest.raises(TypeError, match=f'{name} must be a number, got'): Adam([_w()], **{'lr': 1e-3, name: v})
+    opt = OptimWrapper([_w()], lr=1e-3)
+    with pytest.raises(TypeError, match=f'{name} must be a number, got'): opt.set_hyper(name, v)
+
+
+def test_set_hyper_names_are_cached():
+    "set_hyper runs every batch under a scheduler: the callbacks' signatures are read once, not on each call."
+    import learnerlab.optimizer as optimizer
+    opt = Adam([_w()], lr=1e-3)
+    opt.set_hyper('lr', 1e-2)
+    calls = []
+    orig = optimizer._accepted_names
+    optimizer._accepted_names = lambda cb: calls.append(cb) or orig(cb)
+    try:
+        for _ in range(3): opt.set_hyper('lr', 1e-2)
+    finally: optimizer._accepted_names = orig
+    fct.test_eq(calls, [])
+
+
 def test_unknown_hyper():
     opt = Adam([_w()], lr=0.1)
     fct.test_fail(lambda: opt.set_hyper('learning_rate', 0.1), contains="unknown hyper-parameter 'learning_rate'")
