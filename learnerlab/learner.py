@@ -27,7 +27,10 @@ from .optimizer import Adam, SGD, norm_bias_params
 # %% ../nbs/04_learner.ipynb #6555ef22
 def _default_loss(dls, loss_func):
     "`loss_func`, or a default from the data, or a clear error."
-    if loss_func is not None: return loss_func
+    if loss_func is not None:
+        if not callable(loss_func):
+            raise TypeError(f"loss_func must be callable, like nn.CrossEntropyLoss() or F.mse_loss, got {loss_func!r}")
+        return loss_func
     if getattr(dls, 'loss_func', None) is not None: return dls.loss_func
     if getattr(dls, 'c', None) is not None: return nn.CrossEntropyLoss()
     raise ValueError("no loss_func: pass one, e.g. Learner(dls, model, loss_func=nn.CrossEntropyLoss())")
@@ -326,18 +329,57 @@ def removed_cbs(self:Learner, cbs):
         for cb in cbs:
             if cb not in self._cbs: self.add_cb(cb)
 
+# %% ../nbs/04_learner.ipynb #grpchk01
+def _group_params(groups):
+    "The tensors of a splitter's result (a list of tensors, of lists of tensors, or of param-group dicts); None if it is something else."
+    if isinstance(groups, torch.Tensor): return [groups]
+    out = []
+    for g in groups:
+        if isinstance(g, dict): g = g.get('params', [])
+        if isinstance(g, torch.Tensor): out.append(g); continue
+        if not hasattr(g, '__iter__'): return None
+        g = list(g)
+        if not all(isinstance(p, torch.Tensor) for p in g): return None
+        out += g
+    return out
+
+def _check_groups(model, groups):
+    "Errors for a splitter that leaves trainable parameters out, and for a model with nothing to train."
+    in_groups = _group_params(groups)
+    if in_groups is None: return
+    ids = {id(p) for p in in_groups}
+    left_out = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in ids]
+    if left_out:
+        raise ValueError(f"the splitter left {len(left_out)} trainable parameter(s) of the model not in any group, so they "
+                         f"would never be trained (first: {left_out[:3]}): return them in some group")
+    if in_groups and not any(p.requires_grad for p in in_groups):
+        raise ValueError("the model has no trainable parameters (requires_grad is False on all of them): "
+                         "call learn.unfreeze() or set requires_grad=True on the parameters to train")
+
 # %% ../nbs/04_learner.ipynb #f51bc95f
 @patch
 def create_opt(self:Learner):
     "Create `self.opt` with `opt_func(splitter(model), lr=lr)`, then set `wd`, `train_bn` and (unless `wd_bn_bias`) the no-decay parameters."
     mark_norm_params(self.model)
-    self.opt = self.opt_func(self.splitter(self.model), lr=self.lr)
+    groups = self.splitter(self.model)
+    if not isinstance(groups, (list, tuple, torch.Tensor, dict)) and hasattr(groups, '__iter__'): groups = list(groups)
+    opt = self.opt_func(groups, lr=self.lr)
+    if opt is None: raise TypeError(f"opt_func {self.opt_func!r} returned None: it must return an optimizer, like Adam(params, lr=lr)")
+    _check_groups(self.model, groups)
+    self.opt = opt
     if not self.wd_bn_bias and hasattr(self.opt, 'exclude_wd'): self.opt.exclude_wd(norm_bias_params(self.model))
     if self.wd is not None: self.opt.set_hyper('wd', self.wd)
     if hasattr(self.opt, 'train_bn'): self.opt.train_bn = self.train_bn
     return self.opt
 
 # %% ../nbs/04_learner.ipynb #1b496cfc
+def _warn_if_empty(valid):
+    "Warn when the validation DataLoader exists but yields nothing: every epoch's valid_loss and metrics would be None."
+    try: empty = valid is not None and len(valid) == 0
+    except TypeError: return    # an iterable without a length: nothing to check cheaply
+    if empty: warnings.warn("the validation DataLoader is empty (0 batches): valid_loss and the metrics will be None every "
+                            "epoch; check its dataset and batch size, or pass valid=None to train without validation")
+
 def _check_epochs(n_epoch, start_epoch):
     "Errors for impossible epoch counts."
     for name, v in (('n_epoch', n_epoch), ('start_epoch', start_epoch)):
@@ -353,6 +395,7 @@ def fit(self:Learner, n_epoch, lr=None, wd=None, cbs=None, reset_opt=False, star
     if len(self.dls.train) == 0:
         raise ValueError("the training DataLoader is empty (0 batches): check the dataset size and batch size "
                          "(a DataLoader with drop_last=True and fewer items than bs yields nothing)")
+    _warn_if_empty(self.dls.valid)
     with self.added_cbs(cbs) as added:
         self.fit_cbs = tuple(added)
         if reset_opt or self.opt is None: self.create_opt()
@@ -372,6 +415,10 @@ def freeze_to(self:Learner, n):
 @patch
 def freeze(self:Learner):
     "Train only the last parameter group (the head)."
+    if self.opt is None: self.create_opt()
+    if len(self.opt.param_lists) < 2:
+        raise ValueError("freeze() found one parameter group, so there is no body to freeze: pass a splitter that returns "
+                         "a body and a head, e.g. Learner(..., splitter=body_head_splitter), or freeze_to(n) groups yourself")
     self.freeze_to(-1)
 
 @patch

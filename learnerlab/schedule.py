@@ -262,6 +262,10 @@ def fit_one_cycle(self:Learner, n_epoch, lr_max=None, div=25., div_final=1e5, pc
                   cbs=None, reset_opt=False, start_epoch=0):
     "Fit `n_epoch` epochs with the 1cycle policy: cosine warm-up of lr to `lr_max` and down, momentum the inverse."
     if not 0 <= pct_start <= 1: raise ValueError(f"pct_start must be in [0, 1] (the warm-up fraction), got {pct_start}")
+    for name, v, default in (('div', div, 25.), ('div_final', div_final, 1e5)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+            raise ValueError(f"{name} must be > 0 and finite (the learning rate goes from lr_max/div up to lr_max and down to "
+                             f"lr_max/div_final), got {v!r}; the default is {name}={default:g}")
     lr_max = _per_group(self, self.lr if lr_max is None else lr_max)
     start, low, end = _check_moms(self.moms if moms is None else moms)
     scheds = {'lr': combined_cos(pct_start, [lr/div for lr in lr_max], lr_max, [lr/div_final for lr in lr_max])}
