@@ -76,7 +76,8 @@ def bench_learnerlab(name, n_batches, bs, n_epoch, repeats):
     dl, loss_func = batches(x, y, bs), nn.CrossEntropyLoss()
     torch.manual_seed(0); model = make_model(); opt = Adam(list(model.parameters()), lr=1e-3)
     torch.manual_seed(0)
-    learn = Learner(DataLoaders(dl, None, device='cpu'), make_model(), loss_func=loss_func, lr=1e-3)
+    learn = Learner(DataLoaders(dl, None, device='cpu'), make_model(), loss_func=loss_func, lr=1e-3,
+                    wd_bn_bias=True)   # decay every parameter, as the raw loop's optimizer does: same optimizer work
     def fit():
         with learn.no_bar(), learn.no_logging(): learn.fit(n_epoch)
     return best_per_batch({'raw loop': lambda: raw_fit(model, dl, opt, loss_func, n_epoch),
