@@ -23,27 +23,9 @@ from .train_eval import *
 from .recorder import *
 from .progress import *
 from .optimizer import Adam, SGD, norm_bias_params
+from .learner_checks import _default_loss, _check_opt_func, _check_groups, _warn_if_empty, _check_epochs
 
 # %% ../nbs/04_learner.ipynb #6555ef22
-def _default_loss(dls, loss_func):
-    "`loss_func`, or a default from the data, or a clear error."
-    if loss_func is not None:
-        if not callable(loss_func):
-            raise TypeError(f"loss_func must be callable, like nn.CrossEntropyLoss() or F.mse_loss, got {loss_func!r}")
-        return loss_func
-    if getattr(dls, 'loss_func', None) is not None: return dls.loss_func
-    if getattr(dls, 'c', None) is not None: return nn.CrossEntropyLoss()
-    raise ValueError("no loss_func: pass one, e.g. Learner(dls, model, loss_func=nn.CrossEntropyLoss())")
-
-def _check_opt_func(opt_func):
-    "Error unless `opt_func` builds a learnerlab optimizer (a torch.optim class does not: wrap it)."
-    if isinstance(opt_func, type) and issubclass(opt_func, torch.optim.Optimizer):
-        raise TypeError(f"opt_func={opt_func.__module__}.{opt_func.__name__} is a torch.optim optimizer, which has no "
-                        f"hyper-parameter API for schedules and freezing: pass "
-                        f"partial(OptimWrapper, opt={opt_func.__name__}) (learnerlab.optim_extra), or learnerlab's own "
-                        f"optimizer (e.g. Adam, SGD)")
-    if not callable(opt_func): raise TypeError(f"opt_func must be callable like Adam or SGD, got {opt_func!r}")
-
 def _as_callback(cb):
     "`cb` if it is a `Callback`; an instance if it is a `Callback` class; else a clear error."
     if isinstance(cb, type) and issubclass(cb, Callback): return cb()
@@ -329,33 +311,6 @@ def removed_cbs(self:Learner, cbs):
         for cb in cbs:
             if cb not in self._cbs: self.add_cb(cb)
 
-# %% ../nbs/04_learner.ipynb #grpchk01
-def _group_params(groups):
-    "The tensors of a splitter's result (a list of tensors, of lists of tensors, or of param-group dicts); None if it is something else."
-    if isinstance(groups, torch.Tensor): return [groups]
-    out = []
-    for g in groups:
-        if isinstance(g, dict): g = g.get('params', [])
-        if isinstance(g, torch.Tensor): out.append(g); continue
-        if not hasattr(g, '__iter__'): return None
-        g = list(g)
-        if not all(isinstance(p, torch.Tensor) for p in g): return None
-        out += g
-    return out
-
-def _check_groups(model, groups):
-    "Errors for a splitter that leaves trainable parameters out, and for a model with nothing to train."
-    in_groups = _group_params(groups)
-    if in_groups is None: return
-    ids = {id(p) for p in in_groups}
-    left_out = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in ids]
-    if left_out:
-        raise ValueError(f"the splitter left {len(left_out)} trainable parameter(s) of the model not in any group, so they "
-                         f"would never be trained (first: {left_out[:3]}): return them in some group")
-    if in_groups and not any(p.requires_grad for p in in_groups):
-        raise ValueError("the model has no trainable parameters (requires_grad is False on all of them): "
-                         "call learn.unfreeze() or set requires_grad=True on the parameters to train")
-
 # %% ../nbs/04_learner.ipynb #f51bc95f
 @patch
 def create_opt(self:Learner):
@@ -373,20 +328,6 @@ def create_opt(self:Learner):
     return self.opt
 
 # %% ../nbs/04_learner.ipynb #1b496cfc
-def _warn_if_empty(valid):
-    "Warn when the validation DataLoader exists but yields nothing: every epoch's valid_loss and metrics would be None."
-    try: empty = valid is not None and len(valid) == 0
-    except TypeError: return    # an iterable without a length: nothing to check cheaply
-    if empty: warnings.warn("the validation DataLoader is empty (0 batches): valid_loss and the metrics will be None every "
-                            "epoch; check its dataset and batch size, or pass valid=None to train without validation")
-
-def _check_epochs(n_epoch, start_epoch):
-    "Errors for impossible epoch counts."
-    for name, v in (('n_epoch', n_epoch), ('start_epoch', start_epoch)):
-        if isinstance(v, bool) or not isinstance(v, int): raise TypeError(f"{name} must be an int, got {v!r}")
-        if v < 0: raise ValueError(f"{name} must be >= 0, got {v}")
-    if start_epoch > n_epoch: raise ValueError(f"start_epoch ({start_epoch}) is past n_epoch ({n_epoch})")
-
 @patch
 def fit(self:Learner, n_epoch, lr=None, wd=None, cbs=None, reset_opt=False, start_epoch=0):
     "Train for `n_epoch` epochs (from `start_epoch`), with extra callbacks `cbs` for this fit only."
