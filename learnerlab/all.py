@@ -11,7 +11,7 @@ __all__ = []
 from functools import partial
 import torch
 from torch import nn
-from . import (param_groups, optimizer, multi_tensor, optim_impl, optim_extra, widgets, callback, dataloaders, train_eval, learner_checks, recorder, progress, learner, predict, checkpoint, schedule, training,
+from . import (param_groups, optimizer, multi_tensor, optim_impl, optim_extra, widgets, callback, dataloaders, train_eval, rng, learner_checks, recorder, progress, learner, predict, checkpoint, schedule, training,
                         speed, data, vision, distributed)
 from .param_groups import *
 from .optimizer import *
@@ -22,6 +22,7 @@ from .widgets import *
 from .callback import *
 from .dataloaders import *
 from .train_eval import *
+from .rng import *
 from .learner_checks import *
 from .recorder import *
 from .progress import *
@@ -38,7 +39,7 @@ from torchvision.models import resnet18, resnet34, resnet50
 
 # %% ../nbs/11_all.ipynb #52d3840d
 __all__ = ['partial', 'torch', 'nn', 'resnet18', 'resnet34', 'resnet50', *param_groups.__all__, *optimizer.__all__, *multi_tensor.__all__, *optim_impl.__all__,
-           *optim_extra.__all__, *widgets.__all__, *callback.__all__, *dataloaders.__all__, *train_eval.__all__, *learner_checks.__all__, *recorder.__all__,
+           *optim_extra.__all__, *widgets.__all__, *callback.__all__, *dataloaders.__all__, *train_eval.__all__, *rng.__all__, *learner_checks.__all__, *recorder.__all__,
            *progress.__all__, *learner.__all__, *predict.__all__, *checkpoint.__all__,
            *schedule.__all__, *training.__all__, *speed.__all__, *data.__all__, *vision.__all__,
            *distributed.__all__]

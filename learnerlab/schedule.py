@@ -16,7 +16,7 @@ import torch
 from fastcore.basics import patch
 from .callback import Callback, CancelFitException, CancelValidException
 from .learner import Learner
-from .checkpoint import rng_states, set_rng_states
+from .rng import rng_states, set_rng_states
 
 # %% ../nbs/05_schedule.ipynb #76bad62f
 def _check_number(x, name):
