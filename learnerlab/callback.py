@@ -8,7 +8,8 @@ Docs: https://learnerlab.github.io/learnerlab/callback.html.md"""
 __all__ = ['EVENTS', 'ALIASES', 'event', 'CANCELS', 'RUN_FLAGS', 'BATCH_EVENTS', 'STEPS', 'CONTROL_EXCEPTIONS', 'event_name',
            'CancelStepException', 'CancelBatchException', 'CancelTrainException', 'CancelValidException',
            'CancelEpochException', 'CancelFitException', 'snake_name', 'Callback', 'event_methods', 'sort_callbacks',
-           'EventCall', 'handlers', 'dispatch_lists', 'step_methods', 'name_source', 'call_handler', 'run_after_fit']
+           'EventCall', 'handlers', 'dispatch_lists', 'print_loop', 'step_methods', 'name_source', 'call_handler',
+           'run_after_fit']
 
 # %% ../nbs/03_callback.ipynb #8bcb6940
 import re, warnings
@@ -197,6 +198,27 @@ def handlers(cb, event):
 def dispatch_lists(cbs, training=True):
     "For each event, the handlers of the (already sorted) `cbs`, in order, in training (or validation) by their run flags."
     return {ev: [h for cb in cbs if _runs(cb, ev, training) for h in handlers(cb, ev)] for ev in EVENTS}
+
+# %% ../nbs/03_callback.ipynb #e9424fc0
+_LOOP = [(0, 'after_create'), (0, 'before_fit'), (1, 'before_epoch'), (2, 'before_train'), (3, 'before_batch'),
+         (3, 'after_pred'), (3, 'after_loss'), (3, 'before_backward'), (3, 'after_backward'), (3, 'before_step'),
+         (3, 'after_cancel_step'), (3, 'after_step'),
+         (3, 'after_cancel_batch'), (3, 'after_batch'), (2, 'after_cancel_train'), (2, 'after_train'),
+         (2, 'before_validate'), (3, 'before_batch'), (3, 'after_pred'), (3, 'after_loss'), (3, 'after_cancel_batch'),
+         (3, 'after_batch'), (2, 'after_cancel_validate'), (2, 'after_validate'), (1, 'after_cancel_epoch'),
+         (1, 'after_epoch'), (0, 'after_cancel_fit'), (0, 'after_fit')]
+_HEADERS = {(1, 'before_epoch'): 'for each epoch:', (2, 'before_train'): 'training:',
+            (2, 'before_validate'): 'validation:', (3, 'before_batch'): 'for each batch:'}
+
+def print_loop(cbs, marked=()):
+    "Print each event of the loop, in the order a fit runs them, with the callbacks of `cbs` that run at it (those in `marked` with a *)."
+    tables, training = {True: dispatch_lists(cbs, True), False: dispatch_lists(cbs, False)}, True
+    for depth, ev in _LOOP:
+        if ev == 'before_validate': training = False
+        if (depth, ev) in _HEADERS: print('  ' * (depth - 1) + _HEADERS[(depth, ev)])
+        names = ', '.join(repr(h.__self__) + '*' * (h.__self__ in marked) for h in tables[training][ev]) or '-'
+        print('  ' * depth + f'{ev:<22}: {names}')
+
 
 # %% ../nbs/03_callback.ipynb #8631e227
 STEPS = ('predict', 'loss', 'backward', 'step', 'zero_grad')

@@ -368,27 +368,11 @@ def unfreeze(self:Learner):
     self.freeze_to(0)
 
 # %% ../nbs/04_learner.ipynb #b215f0b3
-_LOOP = [(0, 'after_create'), (0, 'before_fit'), (1, 'before_epoch'), (2, 'before_train'), (3, 'before_batch'),
-         (3, 'after_pred'), (3, 'after_loss'), (3, 'before_backward'), (3, 'after_backward'), (3, 'before_step'),
-         (3, 'after_cancel_step'), (3, 'after_step'),
-         (3, 'after_cancel_batch'), (3, 'after_batch'), (2, 'after_cancel_train'), (2, 'after_train'),
-         (2, 'before_validate'), (3, 'before_batch'), (3, 'after_pred'), (3, 'after_loss'), (3, 'after_cancel_batch'),
-         (3, 'after_batch'), (2, 'after_cancel_validate'), (2, 'after_validate'), (1, 'after_cancel_epoch'),
-         (1, 'after_epoch'), (0, 'after_cancel_fit'), (0, 'after_fit')]
-_HEADERS = {(1, 'before_epoch'): 'for each epoch:', (2, 'before_train'): 'training:',
-            (2, 'before_validate'): 'validation:', (3, 'before_batch'): 'for each batch:'}
-
 @patch
 def show_training_loop(self:Learner, cbs=None):
     "Print each event of the loop with the callbacks that run at it, including `cbs` (default: the last fit's own), marked *."
     extra = list(self.fit_cbs) if cbs is None else [_as_callback(c) for c in (cbs if isinstance(cbs, (list, tuple)) else [cbs])]
-    everyone = sort_callbacks(self._cbs + [c for c in extra if c not in self._cbs])
-    tables, training = {True: dispatch_lists(everyone, True), False: dispatch_lists(everyone, False)}, True
-    for depth, ev in _LOOP:
-        if ev == 'before_validate': training = False
-        if (depth, ev) in _HEADERS: print('  ' * (depth - 1) + _HEADERS[(depth, ev)])
-        names = ', '.join(repr(h.__self__) + '*' * (h.__self__ in extra) for h in tables[training][ev]) or '-'
-        print('  ' * depth + f'{ev:<22}: {names}')
+    print_loop(sort_callbacks(self._cbs + [c for c in extra if c not in self._cbs]), marked=extra)
     if extra: print('* for one fit only')
 
 # %% ../nbs/04_learner.ipynb #42a8d062
