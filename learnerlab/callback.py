@@ -132,13 +132,21 @@ def _as_tuple(x):
 def _matches(cb, target):
     "Is `cb` designated by `target` (a class, a class name, or a callback name)?"
     if isinstance(target, str): return target in (type(cb).__name__, cb.name)
-    if isinstance(target, type): return isinstance(cb, target)
-    raise TypeError(f"run_before/run_after of {type(cb).__name__} holds {target!r}: use classes or names")
+    return isinstance(cb, target)
+
+def _check_targets(cb):
+    "Error, naming `cb`, unless its `run_before` and `run_after` hold only classes and names."
+    for attr in ('run_before', 'run_after'):
+        for t in _as_tuple(getattr(cb, attr)):
+            if not isinstance(t, (str, type)):
+                raise TypeError(f"{type(cb).__name__}.{attr} holds {t!r}: use callback classes or their names, "
+                                f"e.g. {attr} = (TrainEvalCallback, 'Recorder')")
 
 # %% ../nbs/03_callback.ipynb #4dcd461b
 def _edges(cbs):
     "For each index, the set of indices that must run after it."
     after = {i: set() for i in range(len(cbs))}
+    for cb in cbs: _check_targets(cb)
     for i, cb in enumerate(cbs):
         for j, other in enumerate(cbs):
             if i == j: continue

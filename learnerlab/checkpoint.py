@@ -88,8 +88,9 @@ def payload_sha256(obj):
 class CheckpointError(ValueError):
     "A file that `Learner.load` cannot use: its message says what is wrong and what to do."
 
-_FORMAT, _OLD_FORMAT = 'learnerlab-checkpoint-v2', 'learnerlab-checkpoint-v1'
+_FORMAT, _OLD_FORMAT = 'learnerlab-checkpoint-v3', 'learnerlab-checkpoint-v1'
 _PARTS = {'model': dict, 'opt': (dict, type(None)), 'cbs': dict, 'rng': dict, 'epoch': int}
+_FORMAT_PARTS = {_FORMAT: {**_PARTS, 'pos': dict}, 'learnerlab-checkpoint-v2': _PARTS, _OLD_FORMAT: _PARTS}  # v3 adds the loop position
 _ZIP_START, _ZIP_END = b'PK\x03\x04', b'PK\x05\x06'
 _RECOVER = ("Load an earlier copy (for instance the checkpoint of a previous epoch), or save again "
             "from a learner that still holds the weights.")
@@ -147,13 +148,13 @@ def _check_state(path, state):
         raise CheckpointError(f"{path} is not a learnerlab checkpoint (written by Learner.save): it holds "
                               f"{type(state).__name__}" + (f" with keys {list(state)[:5]}" if isinstance(state, dict) else ''))
     fmt = state.get('format')
-    if fmt not in (_FORMAT, _OLD_FORMAT):
+    if fmt not in _FORMAT_PARTS:
         if isinstance(fmt, str) and fmt.startswith('learnerlab-checkpoint-') and 'sha256' in state:
             raise CheckpointError(f"{path} is a checkpoint in format {fmt!r}, which this version of learnerlab "
                                   f"does not know (it reads {_FORMAT!r}): load it with the version that wrote it")
         raise _damaged(path, f"its format mark is {fmt!r}, not {_FORMAT!r}")
-    missing = [k for k, t in _PARTS.items() if not isinstance(state.get(k, ...), t)]
-    if fmt == _FORMAT and 'sha256' not in state: missing.append('sha256')
+    missing = [k for k, t in _FORMAT_PARTS[fmt].items() if not isinstance(state.get(k, ...), t)]
+    if fmt != _OLD_FORMAT and 'sha256' not in state: missing.append('sha256')
     if missing: raise _damaged(path, f"its parts {missing} are missing or of the wrong type")
     if fmt == _OLD_FORMAT:
         warnings.warn(f"{path} was written by an older learnerlab without a checksum, so its integrity cannot be "
@@ -162,7 +163,7 @@ def _check_state(path, state):
         raise _damaged(path, "its contents do not match the sha256 checksum recorded when it was saved "
                              "(bytes changed on disk or in a copy)")
 
-def _payload(state): return {k: state[k] for k in ('format', *_PARTS)}
+def _payload(state): return {k: state[k] for k in ('format', *_FORMAT_PARTS[state['format']])}
 
 def read_checkpoint(path, map_location='cpu'):
     "Read the checkpoint file at `path`, checked (format, parts, checksum); raise a `CheckpointError` saying what is wrong."
@@ -181,13 +182,18 @@ def ckpt_path(self:Learner, name):
 
 def _has(cb, method): return callable(getattr(type(cb), method, None))
 
+def _position(learn):
+    "Where the loop is, for `fit(resume=...)`: the event being run, the epoch and batch, and where the epoch's shuffle began."
+    return {'event': learn.event, 'training': bool(learn.training), 'epoch': learn.epoch, 'iter': learn.iter,
+            'n_epoch': learn.n_epoch, 'n_train': len(learn.dls.train), 'train_rng': learn.train_rng}
+
 @patch
 def save(self:Learner, name, with_opt=True):
-    "Save model, optimizer state, callbacks' states, RNG states and epoch, with their checksum, to checkpoint `name`; return its path."
+    "Save model, optimizer state, callbacks' states, RNG states, epoch and loop position, with their checksum, to checkpoint `name`; return its path."
     state = {'format': _FORMAT, 'model': self.model.state_dict(),
              'opt': (self.opt.state_dict() if self.opt is not None else {}) if with_opt else None,
              'cbs': {cb.name: cb.state_dict() for cb in self._cbs if _has(cb, 'state_dict')},
-             'rng': rng_states(), 'epoch': self.epoch}
+             'rng': rng_states(), 'epoch': self.epoch, 'pos': _position(self)}
     state['sha256'] = payload_sha256(state)
     return atomic_save(state, self.ckpt_path(name))
 
@@ -230,20 +236,29 @@ def _apply(learn, state, with_opt, with_cbs, with_rng):
         _undo(learn, point)
         raise
 
+def _read_for(learn, name, device=None):
+    "The path of checkpoint `name` and its checked contents, refusing one whose weights do not fit `learn`'s model."
+    path = learn.ckpt_path(name)
+    state = read_checkpoint(path, device or learn._device or 'cpu')
+    if why := _model_mismatch(learn.model, state['model']):
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {why}. Load it into a model of the "
+                              f"architecture it was saved from; nothing was loaded")
+    return path, state
+
+def _load_parts(learn, path, state, with_opt, with_cbs, with_rng):
+    "Load `state` into `learn`, all or nothing, or raise a CheckpointError saying the learner is unchanged."
+    try: _apply(learn, state, with_opt, with_cbs, with_rng)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} could not be loaded into this learner, which is left as it "
+                              f"was: {type(e).__name__}: {e}") from e
+
 @patch
 def load(self:Learner, name, with_opt=True, with_cbs=True, with_rng=True, device=None):
     "Load checkpoint `name` saved by `save` into this learner, all or nothing (optionally not the callbacks' or RNG states); return it."
-    path = self.ckpt_path(name)
-    state = read_checkpoint(path, device or self._device or 'cpu')
-    if why := _model_mismatch(self.model, state['model']):
-        raise CheckpointError(f"checkpoint {path} does not fit this model: {why}. Load it into a model of the "
-                              f"architecture it was saved from; nothing was loaded")
+    path, state = _read_for(self, name, device)
     if with_opt and state['opt'] is None:
         warnings.warn(f"{path} holds no optimizer state (it was saved with with_opt=False): the optimizer keeps "
                       f"its current state, so a fit resumed from it will not match an uninterrupted one. Pass "
                       f"with_opt=False to load only the weights, or save with with_opt=True to resume exactly")
-    try: _apply(self, state, with_opt and state['opt'] is not None, with_cbs, with_rng)
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {path} could not be loaded into this learner, which is left as it "
-                              f"was: {type(e).__name__}: {e}") from e
+    _load_parts(self, path, state, with_opt and state['opt'] is not None, with_cbs, with_rng)
     return self

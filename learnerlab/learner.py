@@ -22,8 +22,9 @@ from .dataloaders import _check_dl
 from .train_eval import *
 from .recorder import *
 from .progress import *
+from .rng import rng_states
 from .optimizer import Adam, SGD, norm_bias_params
-from .learner_checks import _default_loss, _check_opt_func, _check_groups, _warn_if_empty, _check_epochs
+from .learner_checks import _default_loss, _check_opt_func, _check_groups, _warn_if_empty, _check_epochs, _loss_error
 
 # %% ../nbs/04_learner.ipynb #6555ef22
 def _as_callback(cb):
@@ -51,6 +52,7 @@ class Learner:
         self.opt, self.logger, self.training = None, print_row, False
         self.n_epoch, self.start_epoch, self.epoch, self.n_iter, self.iter, self.fit_cbs = 1, 0, 0, 0, 0, ()
         self.dl, self._xb, self._yb, self.pred, self.loss = None, (), (), None, None
+        self.event, self.train_rng = None, None     # the event being run; the RNG states where this epoch's training began
         self.n_inp = getattr(dls, 'n_inp', 1)
         self._device = getattr(dls, 'device', None)
         if self._device is not None: self.model.to(self._device)
@@ -58,7 +60,7 @@ class Learner:
         self._cbs, self._set_up = [], []
         self._rebuild_dispatch()
         self.add_cbs(list(self.default_cbs) + ([] if cbs is None else list(cbs) if isinstance(cbs, (list, tuple)) else [cbs]))
-        self('after_create')
+        self('after_create'); self.event = None
 
     # -- the batch, as the chapter describes it: xb/yb always tuples, x/y their first elements
     @property
@@ -82,7 +84,8 @@ class Learner:
     def __call__(self, event):
         "Run every callback's handler for `event` (a name; `begin_*` aliases accepted), in order."
         handlers = self._dispatch.get(event)
-        if handlers is None: handlers = self._dispatch[event_name(event)]
+        if handlers is None: event = event_name(event); handlers = self._dispatch[event]
+        self.event = event
         for handler in handlers:
             try: handler()
             except CONTROL_EXCEPTIONS: raise
@@ -158,7 +161,11 @@ def _do_batch(self:Learner):
     self('after_pred')
     if not self._yb: return
     if loss: loss()
-    else: self.loss = self.loss_func(self.pred, *self._yb)
+    else:
+        try: self.loss = self.loss_func(self.pred, *self._yb)
+        except (RuntimeError, IndexError) as e:
+            if (clear := _loss_error(self.pred, self._yb, e)) is None: raise
+            raise clear from e
     if getattr(self.loss, 'ndim', None) != 0: raise _not_scalar(self.loss)
     self('after_loss')
     if not self.training: return
@@ -174,8 +181,9 @@ def _do_batch(self:Learner):
 @patch
 def _all_batches(self:Learner):
     "Each batch of `self.dl`, split into `xb`/`yb` and run inside the batch events."
-    split, with_events, do_batch = self._split, self._with_events, self._do_batch
-    for self.iter, b in enumerate(self.dl):
+    split, with_events, do_batch, dl = self._split, self._with_events, self._do_batch, self.dl
+    if self.training: self.train_rng = rng_states()     # the epoch's shuffle is drawn from here: a checkpoint replays it
+    for self.iter, b in enumerate(dl, getattr(dl, 'start_iter', 0)):     # batches resumed mid-epoch start later
         split(b)
         with_events('batch', do_batch)
 
@@ -212,6 +220,7 @@ def _all_epochs(self:Learner):
 @patch
 def _fit_event(self:Learner, event):
     "Announce a fit event: `before_fit` callback by callback (recording who is set up), the others to the set-up ones."
+    self.event = event
     if event == 'before_fit':
         for cb in self._cbs:
             if not cb.run: continue
@@ -233,6 +242,7 @@ def _do_fit(self:Learner):
         self._recover(mode)
         cbs, self._set_up = self._set_up, []
         run_after_fit(cbs, e)
+    finally: self.event = None
 
 @patch
 def _recover(self:Learner, mode):
@@ -329,20 +339,26 @@ def create_opt(self:Learner):
 
 # %% ../nbs/04_learner.ipynb #1b496cfc
 @patch
-def fit(self:Learner, n_epoch, lr=None, wd=None, cbs=None, reset_opt=False, start_epoch=0):
-    "Train for `n_epoch` epochs (from `start_epoch`), with extra callbacks `cbs` for this fit only."
+def fit(self:Learner, n_epoch, lr=None, wd=None, cbs=None, reset_opt=False, start_epoch=0, resume=None):
+    "Train for `n_epoch` epochs (from `start_epoch`), with extra callbacks `cbs` for this fit only; `resume` continues from a checkpoint taken in this fit."
     _check_epochs(n_epoch, start_epoch)
-    if n_epoch == start_epoch: return
+    cbs, resumer = [] if cbs is None else list(cbs) if isinstance(cbs, (list, tuple)) else [cbs], None
+    if resume is not None:
+        from learnerlab.resume import Resume     # the resume notebook builds on this one
+        resumer = Resume(self, resume, n_epoch, start_epoch)    # reads and checks the file: if it fails, nothing changed
+        start_epoch = resumer.first_epoch
+    if n_epoch == start_epoch: return resumer.finished() if resumer else None
     if len(self.dls.train) == 0:
         raise ValueError("the training DataLoader is empty (0 batches): check the dataset size and batch size "
                          "(a DataLoader with drop_last=True and fewer items than bs yields nothing)")
     _warn_if_empty(self.dls.valid)
-    with self.added_cbs(cbs) as added:
+    with self.added_cbs(cbs + ([resumer] if resumer else [])) as added:
         self.fit_cbs = tuple(added)
         if reset_opt or self.opt is None: self.create_opt()
         self.opt.set_hyper('lr', self.lr if lr is None else lr)
         wd = self.wd if wd is None else wd
         if wd is not None: self.opt.set_hyper('wd', wd)
+        if resumer: resumer.load_weights()          # the model and the optimizer state, all or nothing
         self.n_epoch, self.start_epoch = n_epoch, start_epoch
         self._do_fit()
 

@@ -33,6 +33,25 @@ def _check_opt_func(opt_func):
     if not callable(opt_func): raise TypeError(f"opt_func must be callable like Adam or SGD, got {opt_func!r}")
 
 
+# %% ../nbs/03e_learner_checks.ipynb #ccf83f4b
+def _loss_error(pred, yb, e):
+    "A clearer error for exception `e` of the loss function on `pred` and targets `yb`, or None when no likely cause shows."
+    y = yb[0] if yb else None
+    if not (isinstance(pred, torch.Tensor) and isinstance(y, torch.Tensor)) or pred.ndim < 2: return None
+    if y.is_floating_point() and y.ndim == pred.ndim - 1:
+        return TypeError(f"the loss function failed on float targets ({y.dtype}, shape {tuple(y.shape)}) for predictions of "
+                         f"shape {tuple(pred.shape)}: a classification loss such as nn.CrossEntropyLoss expects class "
+                         f"indices as int64 (long) targets. Convert them (y.long() in the dataset), or use a regression "
+                         f"loss such as nn.MSELoss if they are values. Torch said: {e}")
+    if not y.is_floating_point() and y.dtype != torch.bool and y.numel() and y.ndim == pred.ndim - 1:
+        n, lo, hi = pred.shape[1], int(y.min()), int(y.max())
+        if hi >= n or lo < 0:
+            bad = hi if hi >= n else lo
+            return ValueError(f"class index {bad} in the targets is out of range: the model outputs {n} scores per item, so "
+                              f"the targets must be in 0..{n - 1}. Give the model's last layer as many outputs as there "
+                              f"are classes (e.g. dls.c), or check the labels. Torch said: {e}")
+    return None
+
 # %% ../nbs/03e_learner_checks.ipynb #lc000010
 def _group_params(groups):
     "The tensors of a splitter's result (a list of tensors, of lists of tensors, or of param-group dicts); None if it is something else."

@@ -259,7 +259,7 @@ def _check_moms(moms):
 # %% ../nbs/05_schedule.ipynb #5af45d3e
 @patch
 def fit_one_cycle(self:Learner, n_epoch, lr_max=None, div=25., div_final=1e5, pct_start=0.25, wd=None, moms=None,
-                  cbs=None, reset_opt=False, start_epoch=0):
+                  cbs=None, reset_opt=False, start_epoch=0, resume=None):
     "Fit `n_epoch` epochs with the 1cycle policy: cosine warm-up of lr to `lr_max` and down, momentum the inverse."
     if not 0 <= pct_start <= 1: raise ValueError(f"pct_start must be in [0, 1] (the warm-up fraction), got {pct_start}")
     for name, v, default in (('div', div, 25.), ('div_final', div_final, 1e5)):
@@ -271,23 +271,23 @@ def fit_one_cycle(self:Learner, n_epoch, lr_max=None, div=25., div_final=1e5, pc
     scheds = {'lr': combined_cos(pct_start, [lr/div for lr in lr_max], lr_max, [lr/div_final for lr in lr_max])}
     if 'mom' in self.opt.hypers[0]: scheds['mom'] = combined_cos(pct_start, start, low, end)
     cbs = [] if cbs is None else list(cbs) if isinstance(cbs, (list, tuple)) else [cbs]
-    self.fit(n_epoch, wd=wd, cbs=[ParamScheduler(scheds)] + cbs, reset_opt=reset_opt, start_epoch=start_epoch)
+    self.fit(n_epoch, wd=wd, cbs=[ParamScheduler(scheds)] + cbs, reset_opt=reset_opt, start_epoch=start_epoch, resume=resume)
 
 # %% ../nbs/05_schedule.ipynb #cf5feffa
 @patch
 def fit_flat_cos(self:Learner, n_epoch, lr=None, div_final=1e5, pct_start=0.75, wd=None, cbs=None, reset_opt=False,
-                 start_epoch=0):
+                 start_epoch=0, resume=None):
     "Fit `n_epoch` epochs at a flat `lr` for the first `pct_start` of training, then cosine down to `lr/div_final`."
     if not 0 <= pct_start <= 1: raise ValueError(f"pct_start must be in [0, 1] (the flat fraction), got {pct_start}")
     lr = _per_group(self, self.lr if lr is None else lr)
     scheds = {'lr': combined_cos(pct_start, lr, lr, [v/div_final for v in lr])}
     cbs = [] if cbs is None else list(cbs) if isinstance(cbs, (list, tuple)) else [cbs]
-    self.fit(n_epoch, wd=wd, cbs=[ParamScheduler(scheds)] + cbs, reset_opt=reset_opt, start_epoch=start_epoch)
+    self.fit(n_epoch, wd=wd, cbs=[ParamScheduler(scheds)] + cbs, reset_opt=reset_opt, start_epoch=start_epoch, resume=resume)
 
 # %% ../nbs/05_schedule.ipynb #d1acd8e8
 @patch
 def fit_sgdr(self:Learner, n_cycles, cycle_len, lr_max=None, cycle_mult=2, wd=None, cbs=None, reset_opt=False,
-             start_epoch=0):
+             start_epoch=0, resume=None):
     "Fit `n_cycles` cosine cycles from `lr_max` to 0, the first `cycle_len` epochs long, each next `cycle_mult` times longer."
     for name, v in (('n_cycles', n_cycles), ('cycle_len', cycle_len), ('cycle_mult', cycle_mult)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be an int >= 1, got {v!r}")
@@ -296,7 +296,7 @@ def fit_sgdr(self:Learner, n_cycles, cycle_len, lr_max=None, cycle_mult=2, wd=No
     lr_max = _per_group(self, self.lr if lr_max is None else lr_max)
     scheds = {'lr': combine_scheds([n/n_epoch for n in lens], [SchedCos(lr_max, [0.]*len(lr_max)) for _ in lens])}
     cbs = [] if cbs is None else list(cbs) if isinstance(cbs, (list, tuple)) else [cbs]
-    self.fit(n_epoch, wd=wd, cbs=[ParamScheduler(scheds)] + cbs, reset_opt=reset_opt, start_epoch=start_epoch)
+    self.fit(n_epoch, wd=wd, cbs=[ParamScheduler(scheds)] + cbs, reset_opt=reset_opt, start_epoch=start_epoch, resume=resume)
 
 # %% ../nbs/05_schedule.ipynb #9a354faf
 class LRFinder(Callback):

@@ -43,7 +43,11 @@ class TrainEvalCallback(Callback):
         self.learn.model.eval(); self.learn.training = False
 
     def state_dict(self):
-        "The count of cancelled steps (saved in checkpoints, so a resumed fit counts like an uninterrupted one)."
-        return {'skipped': self.skipped}
+        "The count of cancelled steps and of training batches done (saved in checkpoints, so a resumed fit counts like an uninterrupted one)."
+        return {'skipped': self.skipped, 'train_iter': getattr(self.learn, 'train_iter', 0)}
 
-    def load_state_dict(self, sd): self.skipped = int(sd.get('skipped', 0))
+    def load_state_dict(self, sd):
+        self.skipped, learn = int(sd.get('skipped', 0)), self.learn
+        if 'train_iter' in sd and learn is not None and getattr(learn, 'dls', None) is not None:   # mid-fit: where the schedule is
+            learn.train_iter = sd['train_iter']
+            learn.pct_train = learn.train_iter / (learn.n_epoch * len(learn.dls.train))

@@ -254,25 +254,57 @@ class EarlyStoppingCallback(TrackerCallback):
             raise CancelFitException
 
 # %% ../nbs/06_callbacks.ipynb #57d5ba3d
+def _check_every(name, v, kind):
+    if v is not None and (isinstance(v, bool) or not isinstance(v, kind) or not v > 0):
+        raise ValueError(f"{name} must be {'an int' if kind is int else 'a number'} > 0, or None for no checkpoints within "
+                         f"epochs, got {v!r}")
+    return v
+
 class SaveModelCallback(TrackerCallback):
-    "Save the model when `monitor` improves (or every epoch) to `fname`; reload the best one at the end."
+    "Save the model to `fname` when `monitor` improves (or every epoch) and reload the best at the end; keep `{fname}_last` to resume from."
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., fname='model', every_epoch=False,
-                 with_opt=False, reset_on_fit=True):
+                 with_opt=None, reset_on_fit=True, every_n_batches=None, every_seconds=None):
         super().__init__(monitor, comp, min_delta, reset_on_fit)
         self.fname, self.every_epoch, self.with_opt = fname, every_epoch, with_opt
+        self.every_n_batches = _check_every('every_n_batches', every_n_batches, int)
+        self.every_seconds = _check_every('every_seconds', every_seconds, (int, float))
+        self.saved_best, self.best_epoch = False, None
+
+    def _opt(self, kind):
+        "Whether checkpoints of `kind` hold the optimizer state: `with_opt` if given, else yes except for the best model."
+        return kind != 'best' if self.with_opt is None else self.with_opt
+
     def before_fit(self):
         super().before_fit()
-        self.saved_best = False
+        self.saved_best, self.best_epoch, self._last_time = False, None, time.monotonic()
+
+    def _save_last(self):
+        self.learn.save(f'{self.fname}_last', with_opt=self._opt('last'))
+        self._last_time = time.monotonic()
+
+    def after_batch(self):
+        if not self.training or not (self.every_n_batches or self.every_seconds): return
+        done = self.epoch * self.n_iter + self.iter + 1          # training batches done in this fit
+        if (self.every_n_batches and done % self.every_n_batches == 0
+                or self.every_seconds and time.monotonic() - self._last_time >= self.every_seconds): self._save_last()
+
     def after_epoch(self):
         super().after_epoch()
-        if self.every_epoch: self.learn.save(f'{self.fname}_{self.learn.epoch}', with_opt=self.with_opt)
+        if self.every_epoch: self.learn.save(f'{self.fname}_{self.learn.epoch}', with_opt=self._opt('epoch'))
         elif self.new_best:
             self.best_epoch = self.learn.epoch
-            self.learn.save(self.fname, with_opt=self.with_opt)
+            self.learn.save(self.fname, with_opt=self._opt('best'))
             self.saved_best = True
+        if self.every_n_batches or self.every_seconds: self._save_last()
+
     def after_fit(self):
         if not self.every_epoch and self.saved_best:
-            self.learn.load(self.fname, with_opt=self.with_opt, with_cbs=False, with_rng=False)
+            self.learn.load(self.fname, with_opt=self._opt('best'), with_cbs=False, with_rng=False)
+
+    def state_dict(self): return {**super().state_dict(), 'saved_best': self.saved_best, 'best_epoch': self.best_epoch}
+    def load_state_dict(self, sd):
+        super().load_state_dict(sd)
+        self.saved_best, self.best_epoch = sd.get('saved_best', False), sd.get('best_epoch')
 
 # %% ../nbs/06_callbacks.ipynb #f798dc32
 class ReduceLROnPlateau(TrackerCallback):

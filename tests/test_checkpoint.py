@@ -68,9 +68,23 @@ def saved(tmp_path):
 def test_checkpoint_is_plain_torch_with_its_checksum(saved):
     learn, path = saved
     state = torch.load(path, weights_only=True)
-    assert state['format'] == 'learnerlab-checkpoint-v2' and len(state['sha256']) == 64
+    assert state['format'] == 'learnerlab-checkpoint-v3' and len(state['sha256']) == 64
     assert payload_sha256({k: v for k, v in state.items() if k != 'sha256'}) == state['sha256']
     assert read_checkpoint(path)['epoch'] == learn.epoch == 1
+    assert state['pos']['event'] is None and state['pos']['n_epoch'] == 2     # saved after the fit: no position to resume
+
+
+def test_a_checkpoint_of_the_previous_format_still_loads(saved, tmp_path):
+    "Format v2 (before loop positions) has the same parts but 'pos': it loads, and resume= says it has no position."
+    learn, path = saved
+    state = torch.load(path, weights_only=True)
+    old = {k: v for k, v in state.items() if k not in ('pos', 'sha256')}
+    old['format'] = 'learnerlab-checkpoint-v2'
+    old['sha256'] = payload_sha256(old)
+    torch.save(old, tmp_path / 'v2.pth')
+    other = learner(tmp_path, seed=5).load(tmp_path / 'v2.pth')
+    for p, q in zip(learn.model.parameters(), other.model.parameters()): assert torch.equal(p, q)
+    with pytest.raises(CheckpointError, match='older learnerlab'): other.fit(2, resume=tmp_path / 'v2.pth')
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2])

@@ -18,7 +18,7 @@ from learnerlab.train_eval import *
 from learnerlab.recorder import *
 from learnerlab.progress import *
 from learnerlab.learner import *
-from learnerlab.learner import _LOOP
+from learnerlab.callback import _LOOP
 from learnerlab.predict import *
 from learnerlab.checkpoint import *
 from learnerlab.optimizer import SGD
