@@ -40,7 +40,7 @@ def image_folders(data, cache):
 def datasets_for(folder, args):
     "Training and validation subsets with learnerlab's transforms: identical for both cases."
     from torchvision import datasets
-    from learnerlab.data import find_splits, load_rgb, train_transforms, valid_transforms, per_class_subset
+    from learnerlab.images import find_splits, load_rgb, train_transforms, valid_transforms, per_class_subset
     train_dir, valid_dir = find_splits(folder)
     presize = int(args.size * 1.25)
     train = datasets.ImageFolder(train_dir, transform=train_transforms(presize, args.size), loader=load_rgb)

@@ -12,7 +12,7 @@ from functools import partial
 import torch
 from torch import nn
 from . import (param_groups, optimizer, multi_tensor, optim_impl, optim_extra, widgets, callback, dataloaders, train_eval, rng, learner_checks, recorder, progress, learner, predict, checkpoint, resume, schedule, training,
-                        speed, data, vision, distributed)
+                        speed, data, images, vision, distributed)
 from .param_groups import *
 from .optimizer import *
 from .multi_tensor import *
@@ -34,6 +34,7 @@ from .schedule import *
 from .training import *
 from .speed import *
 from .data import *
+from .images import *
 from .vision import *
 from .distributed import *
 from torchvision.models import resnet18, resnet34, resnet50
@@ -42,5 +43,5 @@ from torchvision.models import resnet18, resnet34, resnet50
 __all__ = ['partial', 'torch', 'nn', 'resnet18', 'resnet34', 'resnet50', *param_groups.__all__, *optimizer.__all__, *multi_tensor.__all__, *optim_impl.__all__,
            *optim_extra.__all__, *widgets.__all__, *callback.__all__, *dataloaders.__all__, *train_eval.__all__, *rng.__all__, *learner_checks.__all__, *recorder.__all__,
            *progress.__all__, *learner.__all__, *predict.__all__, *checkpoint.__all__, *resume.__all__,
-           *schedule.__all__, *training.__all__, *speed.__all__, *data.__all__, *vision.__all__,
+           *schedule.__all__, *training.__all__, *speed.__all__, *data.__all__, *images.__all__, *vision.__all__,
            *distributed.__all__]

@@ -21,7 +21,8 @@ from .optimizer import Optimizer, SGD, Adam, sgd_cb, average_grad, momentum_step
 from .learner import accuracy
 from .schedule import *
 from .training import *
-from .data import URLs, get_data, get_fashion_sample
+from .data import URLs
+from .images import get_data, get_fashion_sample
 from .vision import cnn_learner, resnet18, resnet34, resnet50
 from .distributed import setup_distrib, teardown_distrib, rank0_first, rank_distrib
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import fastcore.test as fct
 
-from learnerlab import data as D
+from learnerlab import data as D, images as I
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -168,10 +168,10 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(FileNotFoundError, match='neither a URL nor an existing archive'): D.untar_data(tmp_path/'no.tgz', dest=tmp_path)
 
 def test_sample_sha256_matches_the_recorded_one():
-    fct.test_eq(D.file_sha256(D.FASHION_SAMPLE), D.FASHION_SAMPLE_SHA256)
-    recorded = (D.SAMPLE_DIR/'fashion_mnist_sample.tgz.sha256').read_text().split()[0]
-    fct.test_eq(recorded, D.FASHION_SAMPLE_SHA256)
-    assert 'Zalando' in (D.SAMPLE_DIR/'LICENSE-fashion-mnist.txt').read_text()
+    fct.test_eq(D.file_sha256(I.FASHION_SAMPLE), I.FASHION_SAMPLE_SHA256)
+    recorded = (I.SAMPLE_DIR/'fashion_mnist_sample.tgz.sha256').read_text().split()[0]
+    fct.test_eq(recorded, I.FASHION_SAMPLE_SHA256)
+    assert 'Zalando' in (I.SAMPLE_DIR/'LICENSE-fashion-mnist.txt').read_text()
 
 @pytest.mark.skipif(not Path('/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz').exists(),
                     reason='needs the Debian package dataset-fashion-mnist to rebuild the sample')
@@ -180,7 +180,7 @@ def test_sample_rebuilds_byte_for_byte():
     assert res.returncode == 0, res.stdout + res.stderr
 
 def test_sample_to_dataloaders(tmp_path):
-    dls = D.get_fashion_sample(size=28, bs=50, dest=tmp_path, num_workers=0)
+    dls = I.get_fashion_sample(size=28, bs=50, dest=tmp_path, num_workers=0)
     fct.test_eq(dls.c, 10)
     fct.test_eq(len(dls.train), 50)
     xb, yb = next(iter(dls.train))
@@ -189,9 +189,9 @@ def test_sample_to_dataloaders(tmp_path):
     # a tampered sample copy is refused by its checksum
     bad = tmp_path/'copy'/'fashion_mnist_sample.tgz'
     bad.parent.mkdir()
-    bad.write_bytes(D.FASHION_SAMPLE.read_bytes()[:-10])
+    bad.write_bytes(I.FASHION_SAMPLE.read_bytes()[:-10])
     with pytest.raises(D.BadArchiveError, match='has sha256'):
-        D.untar_data(bad, dest=tmp_path/'other', sha256=D.FASHION_SAMPLE_SHA256)
+        D.untar_data(bad, dest=tmp_path/'other', sha256=I.FASHION_SAMPLE_SHA256)
 
 
 # --- a bad archive or download never costs the data already there (force=True) ---

@@ -10,7 +10,7 @@ import pytest
 import torch
 import fastcore.test as fct
 
-from learnerlab import data as D
+from learnerlab import data as D, images as I
 from learnerlab.vision import vision_learner, resnet18
 from learnerlab.learner import accuracy
 from learnerlab.__main__ import main
@@ -64,7 +64,7 @@ def test_download_to_trained_learner(served, tmp_path):
     fct.test_eq(D.untar_data(url, dest=tmp_path), path)            # reused
     fct.test_eq(len(srv.requests), 1)
 
-    dls = D.get_data(path, 80, 64, bs=32, num_workers=0, device='cpu')
+    dls = I.get_data(path, 80, 64, bs=32, num_workers=0, device='cpu')
     fct.test_eq((dls.c, dls.vocab), (10, WNIDS))
     fct.test_eq((len(dls.train.dataset), len(dls.valid.dataset)), (10 * N_TRAIN, 10 * N_VALID))
     xb, yb = next(iter(dls.train))
