@@ -10,7 +10,7 @@ __all__ = ['MixedPrecision', 'TerminateOnNaNCallback', 'ModelResetter', 'RNNRegu
            'ShowGraphCallback']
 
 # %% ../nbs/06_callbacks.ipynb #3827adb6
-import csv, math, time
+import csv, math, time, warnings
 from pathlib import Path
 import torch
 from torch import nn
@@ -108,8 +108,15 @@ class MixedPrecision(Callback):
 
 # %% ../nbs/06_callbacks.ipynb #227eab41
 @patch
-def to_fp16(self:Learner, **scaler_kwargs):
-    "Train with float16 mixed precision and dynamic loss scaling (kwargs go to `torch.amp.GradScaler`); return self."
+def to_fp16(self:Learner, on_cpu='bf16', **scaler_kwargs):
+    "Train with float16 mixed precision and dynamic loss scaling (kwargs go to `torch.amp.GradScaler`); on a CPU, bfloat16 unless `on_cpu='fp16'`; return self."
+    if on_cpu not in ('bf16', 'fp16'): raise ValueError(f"on_cpu must be 'bf16' or 'fp16', got {on_cpu!r}")
+    device = self._device or next(self.model.parameters(), torch.empty(0)).device
+    if on_cpu == 'bf16' and torch.device(device).type == 'cpu':
+        warnings.warn("to_fp16(): this learner trains on the CPU, where float16 runs about 10x slower than float32, so it "
+                      "uses bfloat16 mixed precision instead (to_bf16(): faster than float32 on CPUs with bfloat16 "
+                      "instructions, and no loss scaling needed). Pass on_cpu='fp16' for float16 anyway")
+        return self.to_bf16()
     self.remove_cb(MixedPrecision)
     self.add_cb(MixedPrecision(torch.float16, **scaler_kwargs))
     return self

@@ -131,7 +131,7 @@ def test_lr_find_leaves_learner_unchanged():
 def test_lr_find_then_fit_is_fit(half):
     "Training after lr_find gives exactly the losses of training without it (fp16: the loss scale is kept too)."
     a, b = _learner(opt_func=Adam), _learner(opt_func=Adam)
-    if half: a.to_fp16(init_scale=2.**20, growth_interval=3); b.to_fp16(init_scale=2.**20, growth_interval=3)
+    if half: a.to_fp16(on_cpu='fp16', init_scale=2.**20, growth_interval=3); b.to_fp16(on_cpu='fp16', init_scale=2.**20, growth_interval=3)
     torch.manual_seed(3); a.fit(1, 1e-2); a.fit_one_cycle(2, 1e-2)
     torch.manual_seed(3); b.fit(1, 1e-2); b.lr_find(num_it=20, show_plot=False); b.fit_one_cycle(2, 1e-2)
     fct.test_eq(a.recorder.values, b.recorder.values)
@@ -204,7 +204,7 @@ def test_resume_equals_uninterrupted(tmp_path, half):
     def make():
         learn = _learner(path=tmp_path, opt_func=partial(SGD, mom=0.9), lr=0.1)
         if half == 'bf16': learn.to_bf16()
-        if half == 'fp16': learn.to_fp16(init_scale=2.**20, growth_interval=3)
+        if half == 'fp16': learn.to_fp16(on_cpu='fp16', init_scale=2.**20, growth_interval=3)
         return learn
     full = make()
     full.fit_one_cycle(4, 0.1, cbs=SaveModelCallback(every_epoch=True, with_opt=True, fname='ck'))
@@ -227,7 +227,7 @@ def test_mixed_precision_cleans_up_after_errors():
         def before_step(self): raise KeyboardInterrupt
     for half in ('fp16', 'bf16'):
         learn = _learner()
-        learn.to_fp16() if half == 'fp16' else learn.to_bf16()
+        learn.to_fp16(on_cpu='fp16') if half == 'fp16' else learn.to_bf16()
         learn.add_cb(Boom())
         with pytest.raises(KeyboardInterrupt): learn.fit(1)
         assert not torch.is_autocast_enabled('cpu')
@@ -241,7 +241,7 @@ def test_mixed_precision_cleans_up_after_errors():
 
 
 def test_fp16_skipped_steps_do_not_advance_schedule():
-    learn = _learner(opt_func=SGD).to_fp16(init_scale=2.**40, backoff_factor=2.**-8)
+    learn = _learner(opt_func=SGD).to_fp16(on_cpu='fp16', init_scale=2.**40, backoff_factor=2.**-8)
     learn.fit_one_cycle(2, 0.05)
     skipped = learn.mixed_precision.skipped
     n = 2 * len(learn.dls.train)
