@@ -134,7 +134,7 @@ class Learner:
         if isinstance(b, dict): raise TypeError("batches must be tuples (x, y) or tensors, got a dict")
         if not isinstance(b, tuple): b = tuple(b) if isinstance(b, list) else (b,)
         dev = self._device
-        if dev is not None: b = tuple([o.to(dev, non_blocking=True) if type(o) is torch.Tensor else to_device(o, dev) for o in b])
+        if dev is not None: b = tuple([(o if o.device == dev else o.to(dev, non_blocking=True)) if type(o) is torch.Tensor else to_device(o, dev) for o in b])
         self._xb, self._yb = b[:self.n_inp], b[self.n_inp:]
 
 # %% ../nbs/04_learner.ipynb #1e99470a

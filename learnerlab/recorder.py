@@ -8,7 +8,7 @@ Docs: https://learnerlab.github.io/learnerlab/recorder.html.md"""
 __all__ = ['find_bs', 'Metric', 'AvgMetric', 'accuracy', 'error_rate', 'AvgLoss', 'AvgSmoothLoss', 'ValueMetric', 'Recorder']
 
 # %% ../nbs/03a_recorder.ipynb #dff38e06
-import math, time
+import math, time, warnings
 
 import torch
 from fastcore.basics import patch
@@ -158,7 +158,7 @@ class Recorder(Callback):
         self.metric_names = ['epoch'] + train + valid + (['time'] if self.add_time else [])
         self._train_metrics = [_metric(m) for m in self.learn.metrics] if self.train_metrics else []
         if self.learn.start_epoch == 0 or not self.values: self._reset_history()   # a resumed fit keeps its history
-        self._header_logged, self._start = False, time.time()
+        self._header_logged, self._start, self._warned_nan = False, time.time(), False
 
     def before_epoch(self):
         self._start, self.valid_record = time.time(), None
@@ -209,6 +209,11 @@ class Recorder(Callback):
     def after_epoch(self):
         learn = self.learn
         train_loss = _item(self.smooth_loss)
+        if isinstance(train_loss, float) and not math.isfinite(train_loss) and not self._warned_nan:
+            self._warned_nan = True
+            warnings.warn(f"the training loss is {train_loss} in epoch {learn.epoch}: the weights are probably NaN from here "
+                          f"on. Check the inputs and targets for NaN or inf (torch.isfinite(x).all()), lower the learning "
+                          f"rate, or add TerminateOnNaNCallback to stop a fit at the first such batch")
         valid = self.valid_record or [None] * (1 + len(self._metrics))
         self.final_record = [train_loss] + self.train_record + valid
         self.values.append(self.final_record)

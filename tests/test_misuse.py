@@ -41,15 +41,16 @@ class Case:
 
 def _ps(): return list(nn.Linear(3, 2).parameters())
 
-def _batches(n=16, classes=None, float_targets=False):
+def _batches(n=16, classes=None, float_targets=False, nan_inputs=False):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 4, generator=g)
+    if nan_inputs: x[3, 1] = float('nan')
     y = torch.randint(0, classes, (n,), generator=g) if classes else torch.randn(n, 1, generator=g)
     if float_targets: y = y.float()
     return [(x[i:i + 8], y[i:i + 8]) for i in range(0, n, 8)]
 
-def _learner(model=None, classes=None, empty_valid=False, float_targets=False, **kw):
-    tr = _batches(classes=classes, float_targets=float_targets)
+def _learner(model=None, classes=None, empty_valid=False, float_targets=False, nan_inputs=False, **kw):
+    tr = _batches(classes=classes, float_targets=float_targets, nan_inputs=nan_inputs)
     dls = DataLoaders(tr, [] if empty_valid else tr[:1], device='cpu', c=classes)
     if classes is None: kw.setdefault('loss_func', nn.MSELoss())
     model = model if model is not None else nn.Linear(4, classes or 1)
@@ -184,6 +185,8 @@ CASES = _opt_cases() + _params_cases() + [
     LearnerCase('fit_one_cycle(div_final=0)', lambda: _learner().fit_one_cycle(1, 1e-3, div_final=0), ValueError, ('div_final must be > 0',)),
     LearnerCase('float targets for cross-entropy', lambda: _fit(classes=3, float_targets=True), TypeError, ('float targets', 'int64 (long)', 'y.long()')),
     LearnerCase('class index out of range', lambda: _fit(classes=3, model=nn.Linear(4, 2)), ValueError, ('class index 2', 'outputs 2 scores', '0..1')),
+    LearnerCase('NaN in the inputs, without TerminateOnNaNCallback', lambda: _fit(nan_inputs=True), UserWarning,
+         ('training loss is nan in epoch 0', 'TerminateOnNaNCallback')),
     LearnerCase('empty validation DataLoader', lambda: _fit(empty_valid=True), UserWarning, ('validation', 'empty')),
     LearnerCase('freeze() without a splitter', lambda: _learner().freeze(), ValueError, ('freeze', 'splitter')),
     LearnerCase('splitter leaves parameters out', lambda: _fit(model=_two_layers(), splitter=lambda m: [list(m[1].parameters())]),
