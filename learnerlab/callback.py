@@ -31,7 +31,7 @@ ALIASES = {'begin_fit': 'before_fit', 'begin_epoch': 'before_epoch', 'begin_trai
 event = SimpleNamespace(**{name: name for name in EVENTS}, **ALIASES)
 
 # %% ../nbs/03_callback.ipynb #fc040aff
-def event_name(name):
+def event_name(name):  # an event's name, or one of the `ALIASES` (e.g. 'begin_fit')
     "The event `name` stands for (`begin_*` and `after_cancel_valid` are aliases); error if unknown."
     name = ALIASES.get(name, name)
     if name not in EVENTS:
@@ -62,7 +62,7 @@ CANCELS = {'step': CancelStepException, 'batch': CancelBatchException, 'train': 
            'epoch': CancelEpochException, 'fit': CancelFitException}
 
 # %% ../nbs/03_callback.ipynb #1b593016
-def snake_name(class_name):
+def snake_name(class_name):  # a class name in CamelCase
     "`class_name` in snake_case without a trailing 'Callback' (`TrainEvalCallback` -> 'train_eval')."
     if class_name.endswith('Callback') and class_name != 'Callback': class_name = class_name[:-len('Callback')]
     words = re.sub(r'([A-Z]+)([A-Z][a-z])', r'\1_\2', class_name)
@@ -114,7 +114,8 @@ class Callback:
     def __repr__(self): return type(self).__name__
 
 # %% ../nbs/03_callback.ipynb #7a736c44
-def event_methods(cb, event):
+def event_methods(cb,      # a `Callback`
+                  event):  # an event's name, e.g. 'before_fit'
     "Bound methods of `cb` that handle `event` (its own name first, then old aliases)."
     names = [event] + [old for old, new in ALIASES.items() if new == event]
     methods = []
@@ -163,7 +164,7 @@ def _find_cycle(left, after):
         i = before[i][0]
     return path[path.index(i):] + [i]
 
-def sort_callbacks(cbs):
+def sort_callbacks(cbs):  # the `Callback`s, in any order
     "`cbs` in running order: by `order`, then position, honouring `run_before`/`run_after`; errors on a cycle."
     cbs = list(cbs)
     after = _edges(cbs)
@@ -194,16 +195,20 @@ def _runs(cb, event, training):
 class EventCall:
     "A handler that runs callback `cb`'s own `__call__` for `event` (for callbacks that override `__call__`)."
     __name__ = '__call__'
-    def __init__(self, cb, event): self.__self__, self.event = cb, event
+    def __init__(self, cb,  # a `Callback` whose class overrides `__call__`
+                 event):    # an event's name, e.g. 'before_fit'
+        self.__self__, self.event = cb, event
     def __call__(self): self.__self__(self.event)
     def __repr__(self): return f'EventCall({self.__self__!r}, {self.event!r})'
 
-def handlers(cb, event):
+def handlers(cb,      # a `Callback`
+             event):  # an event's name, e.g. 'before_fit'
     "What runs for `event` on `cb`: its `__call__` if its class overrides `Callback.__call__`, else its event methods."
     if type(cb).__call__ is not Callback.__call__: return [EventCall(cb, event)]
     return event_methods(cb, event)
 
-def dispatch_lists(cbs, training=True):
+def dispatch_lists(cbs,             # the `Callback`s, sorted
+                   training=True):  # the lists of the training part (else of validation)
     "For each event, the handlers of the (already sorted) `cbs`, in order, in training (or validation) by their run flags."
     return {ev: [h for cb in cbs if _runs(cb, ev, training) for h in handlers(cb, ev)] for ev in EVENTS}
 
@@ -218,7 +223,8 @@ _LOOP = [(0, 'after_create'), (0, 'before_fit'), (1, 'before_epoch'), (2, 'befor
 _HEADERS = {(1, 'before_epoch'): 'for each epoch:', (2, 'before_train'): 'training:',
             (2, 'before_validate'): 'validation:', (3, 'before_batch'): 'for each batch:'}
 
-def print_loop(cbs, marked=()):
+def print_loop(cbs,         # the `Callback`s, sorted
+               marked=()):  # callbacks to mark with a *
     "Print each event of the loop, in the order a fit runs them, with the callbacks of `cbs` that run at it (those in `marked` with a *)."
     tables, training = {True: dispatch_lists(cbs, True), False: dispatch_lists(cbs, False)}, True
     for depth, ev in _LOOP:
@@ -231,7 +237,7 @@ def print_loop(cbs, marked=()):
 # %% ../nbs/03_callback.ipynb #8631e227
 STEPS = ('predict', 'loss', 'backward', 'step', 'zero_grad')
 
-def step_methods(cbs):
+def step_methods(cbs):  # the `Callback`s
     "For each step of `STEPS` that a callback of `cbs` replaces, its bound `do_<step>` method (at most one per step)."
     found = {}
     for cb in cbs:
@@ -252,13 +258,16 @@ def _add_note(err, note):
     if hasattr(err, 'add_note'): err.add_note(note)
     else: warnings.warn(note)
 
-def name_source(err, handler, event):
+def name_source(err,      # the exception raised
+                handler,  # the bound method (or `EventCall`) that raised it
+                event):   # an event's name, e.g. 'before_fit'
     "Note on exception `err` (once) the callback and the event whose `handler` raised it."
     if getattr(err, '_learnerlab_source', False): return
     err._learnerlab_source = True
     _add_note(err, f"raised by callback {handler.__self__!r} in {handler.__name__} (event {event!r})")
 
-def call_handler(handler, event):
+def call_handler(handler,  # a bound method of a callback, or an `EventCall`
+                 event):   # the event it handles
     "Run `handler` for `event`; an error (not a control-flow exception) gets a note naming its callback."
     try: handler()
     except CONTROL_EXCEPTIONS: raise
@@ -267,7 +276,8 @@ def call_handler(handler, event):
         raise
 
 # %% ../nbs/03_callback.ipynb #e00244a7
-def run_after_fit(cbs, error=None):
+def run_after_fit(cbs,          # the `Callback`s, sorted
+                  error=None):  # the exception that ended the fit, if any
     "Run `after_fit` for each of `cbs`, all of them even if some fail; then raise `error` or the first failure."
     for cb in cbs:
         for handler in handlers(cb, 'after_fit'):

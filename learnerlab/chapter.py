@@ -30,8 +30,14 @@ from .distributed import setup_distrib, teardown_distrib, rank0_first, rank_dist
 DATA_CHOICES = {'imagenette-160': URLs.IMAGENETTE_160, 'imagenette-320': URLs.IMAGENETTE_320, 'imagenette': URLs.IMAGENETTE,
                 'imagewoof-160': URLs.IMAGEWOOF_160, 'imagewoof-320': URLs.IMAGEWOOF_320, 'imagewoof': URLs.IMAGEWOOF}
 
-def chapter_data(data='sample', size=None, presize=None, bs=None, per_class=None, num_workers=None, dest=None,
-                 valid_per_class=None):
+def chapter_data(data='sample',          # 'sample' (the packaged Fashion-MNIST sample), a key of `DATA_CHOICES`, or a folder or archive
+                 size=None,              # the side of the images, in pixels; if None, 32 for the sample, else 128
+                 presize=None,           # the side training images are first resized to; if None, 1.25 times `size`
+                 bs=None,                # the batch size; if None, 64 for the sample, else 128
+                 per_class=None,         # the number of training images kept per class; None keeps all
+                 num_workers=None,       # worker processes loading images; if None, `default_num_workers()`
+                 dest=None,              # the folder archives are extracted into; if None, `data_dir()`
+                 valid_per_class=None):  # the number of validation images kept per class; None keeps all
     "`DataLoaders` for the experiments: `'sample'`, an archive name from `DATA_CHOICES`, or a path (folder or archive)."
     limits = dict(train_per_class=per_class, valid_per_class=valid_per_class)
     if data == 'sample':
@@ -41,21 +47,27 @@ def chapter_data(data='sample', size=None, presize=None, bs=None, per_class=None
     return get_data(DATA_CHOICES.get(data, data), presize, size, bs or 128, num_workers=num_workers, dest=dest, **limits)
 
 # %% ../nbs/10_training_process.ipynb #c141ea41
-def chapter_learner(dls, arch=resnet34, fp16=None, **kwargs):
+def chapter_learner(dls,            # the `DataLoaders`, e.g. from `chapter_data`
+                    arch=resnet34,  # a torchvision ResNet function
+                    fp16=None,      # train in mixed precision; if None, on a GPU only
+                    **kwargs):      # more arguments for `cnn_learner`, e.g. `opt_func`
     "The chapter's `get_learner`: `cnn_learner(dls, arch, pretrained=False, metrics=accuracy, **kwargs)`, fp16 on a GPU."
     learn = cnn_learner(dls, arch, pretrained=False, metrics=accuracy, **kwargs)
     if fp16 is None: fp16 = torch.device(dls.device).type == 'cuda'
     return learn.to_fp16() if fp16 else learn
 
 # %% ../nbs/10_training_process.ipynb #ab27323b
-def result_row(name, learn, seconds, epochs):
+def result_row(name,     # the experiment's name, for the table
+               learn,    # the `Learner`, just fitted
+               seconds,  # how long the fit took
+               epochs):  # how many epochs it ran
     "One row of the results table from a learner that has just been fitted."
     train_loss, valid_loss, acc = learn.recorder.final_record[:3]
     return dict(optimizer=name, epochs=epochs, train_loss=train_loss, valid_loss=valid_loss, accuracy=acc,
                 time=seconds, recorder=learn.recorder)
 
 # %% ../nbs/10_training_process.ipynb #dc1ddcf7
-def results_table(results):
+def results_table(results):  # result rows, as `result_row` returns them
     "A plain-text table: optimizer, epochs, final train/valid loss, accuracy and time of each result row."
     fmt = lambda v: 'n/a' if v is None or (isinstance(v, float) and not math.isfinite(v)) else f'{v:.4f}'
     rows = [(r['optimizer'], str(r['epochs']), fmt(r['train_loss']), fmt(r['valid_loss']), fmt(r['accuracy']),
@@ -66,7 +78,8 @@ def results_table(results):
     return '\n'.join([line(head), line(['-' * w for w in widths])] + [line(r) for r in rows])
 
 # %% ../nbs/10_training_process.ipynb #b4e729c5
-def plot_losses(results, skip_start=5):
+def plot_losses(results,        # result rows, as `result_row` returns them
+                skip_start=5):  # the number of first batches not plotted
     "A `Figure` with the smoothed training loss of each result against the batch number."
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
@@ -77,7 +90,7 @@ def plot_losses(results, skip_start=5):
     fig.tight_layout()
     return fig
 
-def plot_schedules(results):
+def plot_schedules(results):  # result rows, as `result_row` returns them
     "A `Figure` with the learning rate and the momentum of each result against the batch number."
     fig = Figure(figsize=(10, 3.5))
     axs = fig.subplots(1, 2)
@@ -103,7 +116,13 @@ EXPERIMENTS = {
     'adam_l2':  dict(name='Adam, L2 weight decay', opt_func=partial(Adam, decouple_wd=False), fit='fit_one_cycle', lr=3e-3, kwargs={}),
 }
 
-def run_experiment(dls, key, epochs=1, arch=resnet18, fp16=None, seed=42, quiet=False):
+def run_experiment(dls,            # the `DataLoaders`
+                   key,            # a key of `EXPERIMENTS`, e.g. 'adam' or 'sgd'
+                   epochs=1,       # the number of epochs
+                   arch=resnet18,  # a torchvision ResNet function
+                   fp16=None,      # train in mixed precision; if None, on a GPU only
+                   seed=42,        # the seed of Python's and torch's generators, set before the learner is made
+                   quiet=False):   # no progress bar and no results table
     "Train a fresh `chapter_learner` with experiment `EXPERIMENTS[key]` for `epochs`; return its `result_row`."
     if key not in EXPERIMENTS: raise ValueError(f"unknown experiment {key!r}: choose from {', '.join(EXPERIMENTS)}")
     exp = EXPERIMENTS[key]
@@ -120,7 +139,9 @@ def run_experiment(dls, key, epochs=1, arch=resnet18, fp16=None, seed=42, quiet=
 ARCHS = {'resnet18': resnet18, 'resnet34': resnet34, 'resnet50': resnet50}
 
 # %% ../nbs/10_training_process.ipynb #716221b7
-def run_main(p, a, keys):
+def run_main(p,      # the `argparse.ArgumentParser` (for its `error`)
+             a,      # the parsed options
+             keys):  # the keys of `EXPERIMENTS` to run
     "The job of `learnerlab-chapter`, given its parser `p`, parsed options `a` and experiment `keys`: run, print the table, save the plots."
     if a.threads: torch.set_num_threads(a.threads)
     sample = a.data == 'sample'

@@ -36,7 +36,7 @@ def _tmp_owner(tmp, path):
     if len(parts) != 3 or not parts[1].isdigit(): return None
     return parts[0], int(parts[1])
 
-def remove_stale_tmps(path):
+def remove_stale_tmps(path):  # the file whose folder to clean (a `str` or `Path`)
     "Remove the temporary files that killed saves to `path` left behind (never one of a live process); return their paths."
     path, removed = Path(path), []
     if not path.parent.is_dir(): return removed
@@ -47,7 +47,8 @@ def remove_stale_tmps(path):
         except FileNotFoundError: pass        # another save removed it first
     return removed
 
-def atomic_save(obj, path):
+def atomic_save(obj,    # what `torch.save` can save
+                path):  # the file to write (a `str` or `Path`); its folder is created
     "`torch.save` `obj` to `path` through a temporary file renamed into place, removing stale ones first."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +79,7 @@ def _feed(h, obj):
         for v in obj: _feed(h, v)
     else: h.update(f'{type(obj).__name__}:{obj!r};'.encode())
 
-def payload_sha256(obj):
+def payload_sha256(obj):  # tensors, numbers and strings in dicts, lists and tuples
     "The sha256 hex digest of `obj`'s content (tensors' bytes, dtypes and shapes; other values; structure)."
     h = hashlib.sha256()
     _feed(h, obj)
@@ -165,7 +166,8 @@ def _check_state(path, state):
 
 def _payload(state): return {k: state[k] for k in ('format', *_FORMAT_PARTS[state['format']])}
 
-def read_checkpoint(path, map_location='cpu'):
+def read_checkpoint(path,                 # the checkpoint file (a `str` or `Path`)
+                    map_location='cpu'):  # where to load the tensors, as for `torch.load`
     "Read the checkpoint file at `path`, checked (format, parts, checksum); raise a `CheckpointError` saying what is wrong."
     path = Path(path)
     state = _torch_load(path, map_location)
@@ -174,7 +176,7 @@ def read_checkpoint(path, map_location='cpu'):
 
 # %% ../nbs/04b_checkpoint.ipynb #c679b000
 @patch
-def ckpt_path(self:Learner, name):
+def ckpt_path(self:Learner, name):  # a checkpoint name, or a path with a folder or suffix
     "Where checkpoint `name` lives: `path/model_dir/name.pth` (a path with a folder or suffix is used as is)."
     p = Path(name)
     if p.suffix or len(p.parts) > 1: return p
@@ -188,7 +190,8 @@ def _position(learn):
             'n_epoch': learn.n_epoch, 'n_train': len(learn.dls.train), 'train_rng': learn.train_rng}
 
 @patch
-def save(self:Learner, name, with_opt=True):
+def save(self:Learner, name,  # a checkpoint name (saved in `path/model_dir/name.pth`), or a path with a folder or suffix
+         with_opt=True):      # save the optimizer state too (needed to resume a fit exactly)
     "Save model, optimizer state, callbacks' states, RNG states, epoch and loop position, with their checksum, to checkpoint `name`; return its path."
     state = {'format': _FORMAT, 'model': self.model.state_dict(),
              'opt': (self.opt.state_dict() if self.opt is not None else {}) if with_opt else None,
@@ -253,7 +256,11 @@ def _load_parts(learn, path, state, with_opt, with_cbs, with_rng):
                               f"was: {type(e).__name__}: {e}") from e
 
 @patch
-def load(self:Learner, name, with_opt=True, with_cbs=True, with_rng=True, device=None):
+def load(self:Learner, name,  # a checkpoint name, or a path with a folder or suffix
+         with_opt=True,       # load the optimizer state too, if the file has one
+         with_cbs=True,       # load the callbacks' states
+         with_rng=True,       # restore the random number generators' states
+         device=None):        # where to load the tensors; if None, the learner's device
     "Load checkpoint `name` saved by `save` into this learner, all or nothing (optionally not the callbacks' or RNG states); return it."
     path, state = _read_for(self, name, device)
     if with_opt and state['opt'] is None:

@@ -28,7 +28,7 @@ class URLs:
     IMAGEWOOF_320 = S3_IMAGECLAS + 'imagewoof2-320.tgz'
 
 # %% ../nbs/07_data.ipynb #a6be10a6
-def data_dir(dest=None):
+def data_dir(dest=None):  # a folder (a `str` or `Path`, `~` allowed); if None, `$LEARNERLAB_DATA` or `~/.learnerlab/data`
     "The folder data sets are extracted into: `dest`, else `$LEARNERLAB_DATA`, else `~/.learnerlab/data` (created)."
     path = dest if dest is not None else os.environ.get('LEARNERLAB_DATA') or Path.home()/'.learnerlab'/'data'
     path = Path(path).expanduser()
@@ -39,7 +39,7 @@ def data_dir(dest=None):
 # %% ../nbs/07_data.ipynb #d64c5c25
 ARCHIVE_SUFFIXES = ('.tar.gz', '.tgz', '.tar.bz2', '.tbz2', '.tar.xz', '.txz', '.tar')
 
-def archive_name(url_or_path):
+def archive_name(url_or_path):  # a URL or path of a tar archive, e.g. ending in `.tgz`
     "The folder name an archive extracts to: its file name without the archive suffix."
     name = str(url_or_path).split('?')[0].rstrip('/').rsplit('/', 1)[-1]
     for suffix in ARCHIVE_SUFFIXES:
@@ -59,14 +59,18 @@ def _redo_hint(source):
     "What to do about a bad file: fetch it again (a URL) or replace it (a local file)."
     return "download it again (check the URL and the expected size/sha256)" if _is_url(str(source)) else "delete it and download it again"
 
-def file_sha256(path, chunk=1 << 20):
+def file_sha256(path,            # the file to hash
+                chunk=1 << 20):  # bytes read at a time
     "Hex SHA-256 digest of the file at `path`."
     h = hashlib.sha256()
     with open(path, 'rb') as f:
         for block in iter(lambda: f.read(chunk), b''): h.update(block)
     return h.hexdigest()
 
-def check_file(path, size=None, sha256=None, source=None):
+def check_file(path,          # the file to check
+               size=None,     # the expected size in bytes; None not to check it
+               sha256=None,   # the expected SHA-256 hex digest; None not to check it
+               source=None):  # how errors name the file (e.g. its URL); if None, `path`
     "Raise `BadArchiveError` unless the file at `path` has `size` bytes and digest `sha256` (each when given); errors name `source` (default `path`)."
     source = path if source is None else source
     actual = os.path.getsize(path)
@@ -194,7 +198,13 @@ def _fetch(url, f, show_progress, timeout, deadline):
     if dog.fired: raise _expired(url, dog.fired, timeout, deadline)   # a shut socket can look like a normal end
     return got, total
 
-def download_url(url, dest, size=None, sha256=None, show_progress=True, timeout=30, deadline=None):
+def download_url(url,                 # the http(s) URL to download
+                 dest,                # the file to write (its folder is created)
+                 size=None,           # the expected size in bytes; None not to check it
+                 sha256=None,         # the expected SHA-256 hex digest; None not to check it
+                 show_progress=True,  # show a progress bar while downloading (when the size is known)
+                 timeout=30,          # seconds to wait for the server to answer, and the longest the bytes may stop coming
+                 deadline=None):      # the most seconds the whole download may take; None for no limit
     "Download `url` to the file `dest` through a temp file within `timeout`/`deadline` seconds; check length, `size` and `sha256`; return `dest`."
     _check_seconds(timeout, 'timeout'); _check_seconds(deadline, 'deadline', allow_none=True)
     dest = Path(dest)
@@ -261,7 +271,13 @@ def _swap_in(src, dest, replace):
         except BaseException: os.rename(old/dest.name, dest); raise
     finally: shutil.rmtree(old)
 
-def extract_archive(archive, dest, replace=False, max_members=MAX_MEMBERS, max_size=MAX_SIZE, max_ratio=MAX_RATIO, source=None):
+def extract_archive(archive,                  # the tar file (gzip, bzip2 or xz compressed, or not)
+                    dest,                     # the folder to create with the archive's content (its single top folder, if it has one)
+                    replace=False,            # replace an existing `dest` (only once the extraction succeeded)
+                    max_members=MAX_MEMBERS,  # refuse an archive with more members (files and folders) than this
+                    max_size=MAX_SIZE,        # refuse an archive whose files add up to more bytes than this
+                    max_ratio=MAX_RATIO,      # refuse an archive that expands to more than this many times its own size
+                    source=None):             # how errors name the archive (e.g. its URL); if None, `archive`
     "Extract the tar `archive` safely into the folder `dest` (data filter, size limits, temp folder, then rename); errors name `source`."
     _check_filters(); _check_limits(max_members, max_size, max_ratio)
     archive, dest = Path(archive), Path(dest)
@@ -283,8 +299,17 @@ def extract_archive(archive, dest, replace=False, max_members=MAX_MEMBERS, max_s
     return dest
 
 # %% ../nbs/07_data.ipynb #926426b6
-def untar_data(url, dest=None, size=None, sha256=None, force=False, show_progress=True, timeout=30, deadline=None,
-               max_members=MAX_MEMBERS, max_size=MAX_SIZE, max_ratio=MAX_RATIO):
+def untar_data(url,                      # the URL of a tar archive (e.g. one of `URLs`), or the path of a local one
+               dest=None,                # the folder to extract into; if None, `data_dir()`
+               size=None,                # the expected size in bytes; None not to check it
+               sha256=None,              # the expected SHA-256 hex digest; None not to check it
+               force=False,              # download and extract again even if the folder exists
+               show_progress=True,       # show a progress bar while downloading (when the size is known)
+               timeout=30,               # seconds to wait for the server to answer, and the longest the bytes may stop coming
+               deadline=None,            # the most seconds the whole download may take; None for no limit
+               max_members=MAX_MEMBERS,  # refuse an archive with more members (files and folders) than this
+               max_size=MAX_SIZE,        # refuse an archive whose files add up to more bytes than this
+               max_ratio=MAX_RATIO):     # refuse an archive that expands to more than this many times its own size
     "Download (or take the local archive) `url`, check it, extract it into `data_dir(dest)`; return the folder."
     name = archive_name(url)
     out = data_dir(dest)/name

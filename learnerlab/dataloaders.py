@@ -26,14 +26,22 @@ def _check_dl(dl, name):
 # %% ../nbs/03c_dataloaders.ipynb #ad325817
 class DataLoaders:
     "A training and a validation iterable of batches, and the `device` batches are sent to."
-    def __init__(self, train_dl, valid_dl=None, device=None, c=None):
+    def __init__(self, train_dl,  # the training batches: a torch `DataLoader`, or any re-iterable sized collection of batches
+                 valid_dl=None,   # the validation batches, of the same forms; None for no validation
+                 device=None,     # where batches and model go: a `torch.device` or its name; if None, CUDA when available
+                 c=None):         # the number of classes, for class targets (a `Learner` then defaults to cross-entropy)
         _check_dl(train_dl, 'train_dl'); _check_dl(valid_dl, 'valid_dl')
         if train_dl is None: raise TypeError("train_dl is required: pass the training batches")
         self.train, self.valid, self.c = train_dl, valid_dl, c
         self.device = default_device() if device is None else torch.device(device)
 
     @classmethod
-    def from_dsets(cls, train_ds, valid_ds=None, bs=64, device=None, c=None, **dl_kwargs):
+    def from_dsets(cls, train_ds,  # the training dataset, shuffled at each epoch
+                   valid_ds=None,  # the validation dataset; None for no validation
+                   bs=64,          # the batch size, a positive int
+                   device=None,    # where batches and model go; if None, CUDA when available
+                   c=None,         # the number of classes, if the targets are classes
+                   **dl_kwargs):   # more arguments for both `torch.utils.data.DataLoader`s, e.g. `num_workers`
         "`DataLoaders` over two datasets: the training set shuffled, both in batches of `bs`."
         if not isinstance(bs, int) or bs < 1: raise ValueError(f"bs must be a positive int, got {bs!r}")
         train = torch.utils.data.DataLoader(train_ds, batch_size=bs, shuffle=True, **dl_kwargs)
@@ -45,7 +53,8 @@ class DataLoaders:
         return f"DataLoaders(train: {n(self.train)}, valid: {n(self.valid)}, device: {self.device})"
 
 # %% ../nbs/03c_dataloaders.ipynb #dde45957
-def to_device(b, device):
+def to_device(b,        # a tensor, or a tuple, list or dict of them (nested)
+              device):  # a `torch.device` or its name
     "`b` (a tensor, or a tuple/list/dict of them) moved to `device`; other objects unchanged."
     if isinstance(b, torch.Tensor): return b.to(device, non_blocking=True)
     if isinstance(b, (tuple, list)): return type(b)(to_device(o, device) for o in b)
@@ -55,7 +64,7 @@ def to_device(b, device):
 # %% ../nbs/03c_dataloaders.ipynb #3e01927a
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 
-def mark_norm_params(model):
+def mark_norm_params(model):  # an `nn.Module`
     "Set `p.is_norm_param = True` on the parameters of `model`'s normalisation layers; return their count."
     n = 0
     for m in model.modules():
@@ -63,6 +72,6 @@ def mark_norm_params(model):
             for p in m.parameters(recurse=False): p.is_norm_param = True; n += 1
     return n
 
-def trainable_params(model):
+def trainable_params(model):  # an `nn.Module`
     "The default splitter (fastai's name): one group with every parameter of `model`, frozen ones too, so `unfreeze` can train them."
     return list(model.parameters())

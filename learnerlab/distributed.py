@@ -45,7 +45,8 @@ def default_backend():
     "'nccl' when CUDA GPUs and NCCL are available, else 'gloo' (CPU)."
     return 'nccl' if torch.cuda.is_available() and dist.is_nccl_available() else 'gloo'
 
-def setup_distrib(backend=None, timeout=1800):
+def setup_distrib(backend=None,   # 'nccl' (GPUs) or 'gloo' (CPU); if None, `default_backend()`
+                  timeout=1800):  # seconds the ranks wait for each other before giving up
     "Join the process group `torchrun` set up (`timeout` in seconds); True if this call created it."
     if num_distrib() <= 1 or dist.is_initialized(): return False
     for var in ('RANK', 'MASTER_ADDR', 'MASTER_PORT'):
@@ -64,7 +65,9 @@ def teardown_distrib():
     dist.destroy_process_group()
 
 # %% ../nbs/09_distributed.ipynb #88c87b5c
-def rank0_first(func, *args, **kwargs):
+def rank0_first(func,       # the function to call, e.g. one that downloads a data set
+                *args,      # its positional arguments
+                **kwargs):  # its keyword arguments
     "Call `func(*args, **kwargs)` on rank 0, then (once it is done) on the other ranks; return its result."
     if num_distrib() <= 1 or not dist.is_initialized(): return func(*args, **kwargs)
     if rank_distrib() == 0: res = func(*args, **kwargs)
@@ -73,7 +76,10 @@ def rank0_first(func, *args, **kwargs):
     return res
 
 # %% ../nbs/09_distributed.ipynb #80923bbd
-def shard_dl(dl, rank=None, world=None, seed=0):
+def shard_dl(dl,          # a torch `DataLoader` over a map-style dataset, with a `batch_size`
+             rank=None,   # the rank whose share to yield; if None, this process's
+             world=None,  # the number of ranks; if None, `num_distrib()`
+             seed=0):     # the seed of the shuffle, the same on every rank
     "Copy of DataLoader `dl` that yields only rank `rank`'s share of each epoch, via a `DistributedSampler`."
     if not isinstance(dl, DataLoader):
         raise TypeError(f"shard_dl needs a torch DataLoader, got {type(dl).__name__} for dl")
@@ -95,12 +101,14 @@ def shard_dl(dl, rank=None, world=None, seed=0):
                       prefetch_factor=dl.prefetch_factor if dl.num_workers else None)
 
 # %% ../nbs/09_distributed.ipynb #bb5c0db6
-def merge_shards(parts, n_items=None):
+def merge_shards(parts,          # one tensor per rank, in rank order, each that rank's share
+                 n_items=None):  # the number of items to keep, dropping the sampler's padding; None keeps all
     "One batch in dataset order from the rank-ordered list `parts` of interleaved shares; keep `n_items` items."
     merged = torch.stack(list(parts), dim=1).flatten(0, 1)
     return merged if n_items is None else merged[:n_items]
 
-def gather_batch(t, n_items=None):
+def gather_batch(t,              # this rank's tensor, the same shape on every rank
+                 n_items=None):  # the number of items to keep; None keeps all
     "All ranks' tensors `t` (same shape on each rank) as one batch in dataset order (first `n_items` items)."
     if num_distrib() <= 1 or not dist.is_initialized(): return t if n_items is None else t[:n_items]
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
@@ -108,13 +116,16 @@ def gather_batch(t, n_items=None):
     return merge_shards(parts, n_items)
 
 # %% ../nbs/09_distributed.ipynb #11e5e2df
-def free_port(host='127.0.0.1'):
+def free_port(host='127.0.0.1'):  # the address to find a port on
     "A TCP port on `host` that nothing listens on right now (the operating system picks it)."
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
-def torchrun_cmd(script, *args, nproc=2, port=None):
+def torchrun_cmd(script,      # the Python script each rank runs
+                 *args,       # its command-line arguments
+                 nproc=2,     # the number of ranks (processes)
+                 port=None):  # the rendezvous port; if None, a free one
     "Command that runs `nproc` copies of `script` (with `args`) on this machine through torchrun."
     if int(nproc) < 1: raise ValueError(f"nproc must be at least 1, got {nproc}")
     port = free_port() if port is None else port
@@ -138,7 +149,13 @@ def _stop_job(proc, grace=20):
             except ProcessLookupError: pass
         return proc.communicate()
 
-def run_torchrun(script, *args, nproc=2, timeout=300, check=True, env=None, cwd=None):
+def run_torchrun(script,       # the Python script each rank runs
+                 *args,        # its command-line arguments
+                 nproc=2,      # the number of ranks (processes)
+                 timeout=300,  # seconds after which the job is stopped, with a `TimeoutError`
+                 check=True,   # raise a `RuntimeError` (with the output) if the job fails
+                 env=None,     # environment variables to add to this process's
+                 cwd=None):    # the folder to run in; if None, the current one
     "Run `script` on `nproc` local ranks with torchrun; stop the job after `timeout` s; the finished process."
     env = {**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1'), **(env or {})}
     cmd = torchrun_cmd(script, *args, nproc=nproc)
@@ -167,7 +184,8 @@ def _shard_if_possible(dl, seed):
 class DistributedTrainer(Callback):
     "Data-parallel training: DDP model, sharded DataLoaders, global losses and metrics (see `Learner.distrib_ctx`)."
     run_after, run_before = ('GradientAccumulation',), ('TerminateOnNaNCallback', 'Recorder')
-    def __init__(self, seed=0, **ddp_kwargs):
+    def __init__(self, seed=0,   # the seed of the sharded shuffle, the same on every rank
+                 **ddp_kwargs):  # more arguments for `DistributedDataParallel`, e.g. `find_unused_parameters=True`
         self.seed, self.ddp_kwargs = seed, ddp_kwargs
         self._dls, self._no_sync, self._gather, self._seen = None, None, False, 0
 
@@ -276,7 +294,10 @@ def _load_falling_back(learn, load, shared_path):
 # %% ../nbs/09_distributed.ipynb #e9729e5c
 @patch
 @contextmanager
-def distrib_ctx(self:Learner, backend=None, timeout=1800, seed=0, **ddp_kwargs):
+def distrib_ctx(self:Learner, backend=None,  # 'nccl' (GPUs) or 'gloo' (CPU); if None, `default_backend()`
+                timeout=1800,                # seconds the ranks wait for each other before giving up
+                seed=0,                      # the seed of the sharded shuffle, the same on every rank
+                **ddp_kwargs):               # more arguments for `DistributedDataParallel`
     "Context manager: train data-parallel over the ranks torchrun started; a no-op for a single process."
     created = setup_distrib(backend, timeout)
     if num_distrib() <= 1:

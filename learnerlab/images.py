@@ -25,7 +25,7 @@ from .data import untar_data, _is_url
 # %% ../nbs/07a_images.ipynb #560d8e5a
 VALID_NAMES = ('val', 'valid', 'validation', 'test')
 
-def find_splits(path):
+def find_splits(path):  # a folder with `train/` and `val/` (or `valid/`, `validation/`, `test/`), one sub-folder per class
     "The training and validation folders under `path`: `train/` and one of `val/`, `valid/`, `validation/`, `test/`."
     path = Path(path)
     if not path.is_dir(): raise FileNotFoundError(f"path {str(path)!r} is not a folder of images")
@@ -37,7 +37,7 @@ def find_splits(path):
     return path/'train', valid
 
 # %% ../nbs/07a_images.ipynb #dea2152c
-def load_rgb(path):
+def load_rgb(path):  # an image file
     "Open the image at `path` as an RGB `PIL.Image` (greyscale and palette images converted)."
     with open(path, 'rb') as f:
         img = Image.open(f)
@@ -50,7 +50,11 @@ def _check_size(v, name):
     if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be a positive int (pixels), got {v!r}")
     return v
 
-def train_transforms(presize, resize, mean=IMAGENET_STATS[0], std=IMAGENET_STATS[1], min_scale=0.35):
+def train_transforms(presize,                 # the shorter side, in pixels, images are first resized to
+                     resize,                  # the side of the square random crop, in pixels
+                     mean=IMAGENET_STATS[0],  # the per-channel means to subtract (3 numbers, for pixels in [0, 1])
+                     std=IMAGENET_STATS[1],   # the per-channel standard deviations to divide by (3 numbers)
+                     min_scale=0.35):         # the smallest fraction of the image's area a crop covers, in (0, 1]
     "Training augmentation: resize to `presize`, random-resized crop to `resize` (area >= `min_scale`), flip, normalise."
     _check_size(presize, 'presize'); _check_size(resize, 'resize')
     if not 0 < min_scale <= 1: raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
@@ -58,14 +62,17 @@ def train_transforms(presize, resize, mean=IMAGENET_STATS[0], std=IMAGENET_STATS
                        v2.RandomResizedCrop(resize, scale=(min_scale, 1.), antialias=True), v2.RandomHorizontalFlip(),
                        v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
-def valid_transforms(resize, mean=IMAGENET_STATS[0], std=IMAGENET_STATS[1]):
+def valid_transforms(resize,                  # the side of the square centre crop, in pixels (the shorter side is resized to it)
+                     mean=IMAGENET_STATS[0],  # the per-channel means to subtract (3 numbers, for pixels in [0, 1])
+                     std=IMAGENET_STATS[1]):  # the per-channel standard deviations to divide by (3 numbers)
     "Validation transform: shorter side to `resize`, centre crop `resize` x `resize`, normalise."
     _check_size(resize, 'resize')
     return v2.Compose([v2.ToImage(), v2.Resize(resize, antialias=True), v2.CenterCrop(resize),
                        v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
 # %% ../nbs/07a_images.ipynb #e66a1a9b
-def per_class_subset(ds, n):
+def per_class_subset(ds,  # a dataset with `targets`, e.g. an `ImageFolder`
+                     n):  # the number of items kept per class; None keeps all
     "`ds` (an `ImageFolder`) limited to the first `n` items of each class, as a `torch.utils.data.Subset`; `n=None` keeps all."
     if n is None: return ds
     if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise ValueError(f"items per class must be a positive int or None, got {n!r}")
@@ -88,8 +95,18 @@ def _image_folder_path(url_or_path, dest):
     if p.is_file(): return untar_data(p, dest)
     return p
 
-def get_data(url_or_path, presize, resize, bs=128, mean=None, std=None, min_scale=0.35, train_per_class=None,
-             valid_per_class=None, num_workers=None, device=None, dest=None):
+def get_data(url_or_path,           # a URL of a tar archive (e.g. one of `URLs`), a local archive, or a folder of images
+             presize,               # the shorter side, in pixels, training images are first resized to
+             resize,                # the side, in pixels, of the square images the model sees
+             bs=128,                # the batch size
+             mean=None,             # the per-channel means to subtract; if None, ImageNet's
+             std=None,              # the per-channel standard deviations to divide by; if None, ImageNet's
+             min_scale=0.35,        # the smallest fraction of an image's area a training crop covers, in (0, 1]
+             train_per_class=None,  # the number of training images kept per class; None keeps all
+             valid_per_class=None,  # the number of validation images kept per class; None keeps all
+             num_workers=None,      # worker processes loading images; if None, `default_num_workers()`
+             device=None,           # where batches go; if None, CUDA when available
+             dest=None):            # the folder archives are extracted into; if None, `data_dir()`
     "The chapter's `get_data`: image folders (from a URL, archive or folder) -> `DataLoaders` with `c` classes."
     if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1: raise ValueError(f"bs must be a positive int, got {bs!r}")
     mean = IMAGENET_STATS[0] if mean is None else mean
@@ -116,13 +133,17 @@ FASHION_SAMPLE_SHA256 = 'bc0e967ace36a5703fe591863f8d38e5fb40701b1d2f4a749d5775c
 FASHION_STATS = ([0.286] * 3, [0.353] * 3)
 FASHION_CLASSES = ['Ankle_boot', 'Bag', 'Coat', 'Dress', 'Pullover', 'Sandal', 'Shirt', 'Sneaker', 'T-shirt_top', 'Trouser']
 
-def fashion_mnist_sample(dest=None):
+def fashion_mnist_sample(dest=None):  # the folder to extract into; if None, `data_dir()`
     "Folder of the Fashion-MNIST sample shipped with learnerlab (checked and extracted into `data_dir(dest)` once)."
     if not FASHION_SAMPLE.is_file(): raise FileNotFoundError(f"the packaged sample {FASHION_SAMPLE} is missing: reinstall learnerlab")
     return untar_data(FASHION_SAMPLE, dest, sha256=FASHION_SAMPLE_SHA256)
 
 # %% ../nbs/07a_images.ipynb #c223cfd5
-def get_fashion_sample(size=32, bs=64, min_scale=0.75, dest=None, **kwargs):
+def get_fashion_sample(size=32,         # the side of the images, in pixels
+                       bs=64,           # the batch size
+                       min_scale=0.75,  # the smallest fraction of an image's area a training crop covers, in (0, 1]
+                       dest=None,       # the folder to extract into; if None, `data_dir()`
+                       **kwargs):       # more arguments for `get_data`, e.g. `num_workers` or `train_per_class`
     "`get_data` on the packaged Fashion-MNIST sample at `size` pixels: 2,500 training and 500 validation images."
     return get_data(fashion_mnist_sample(dest), size, size, bs, mean=FASHION_STATS[0], std=FASHION_STATS[1],
                     min_scale=min_scale, dest=dest, **kwargs)

@@ -38,9 +38,20 @@ class Learner:
     "The training loop: model, data, loss, optimizer factory, and the callbacks it calls at each event."
     default_cbs = (TrainEvalCallback, Recorder, ProgressCallback)
 
-    def __init__(self, dls, model, loss_func=None, opt_func=Adam, lr=1e-3, splitter=None, cbs=None, metrics=None,
-                 path=None, model_dir='models', wd=None, moms=(0.95, 0.85, 0.95), train_bn=True,
-                 wd_bn_bias=False):
+    def __init__(self, dls,                # a `DataLoaders`: `train` and `valid` batches, and the `device` the model goes to
+                 model,                    # the `nn.Module` to train
+                 loss_func=None,           # `loss_func(pred, *yb)` -> a scalar; if None, `dls.loss_func`, or cross-entropy if `dls.c` is set
+                 opt_func=Adam,            # an optimizer factory `opt_func(param_groups, lr=lr)`, e.g. `Adam` or `SGD`
+                 lr=1e-3,                  # the default learning rate: a number, a list per parameter group, or a `slice(lo, hi)`
+                 splitter=None,            # `splitter(model)` -> the parameter groups; if None, one group of every parameter
+                 cbs=None,                 # extra callbacks (instances or classes, one or a list), kept for every fit
+                 metrics=None,             # `metric(pred, *yb)` functions or `Metric`s (one or a list), computed on the validation set
+                 path=None,                # the folder of the learner's files; if None, `dls.path`, else the current folder
+                 model_dir='models',       # the subfolder of `path` that `save` and `load` use
+                 wd=None,                  # the weight decay set on the optimizer; if None, the optimizer's own
+                 moms=(0.95, 0.85, 0.95),  # momentum at the start, the middle and the end of `fit_one_cycle`
+                 train_bn=True,            # train the normalisation layers even in frozen parameter groups
+                 wd_bn_bias=False):        # apply weight decay to normalisation layers and biases too
         if not hasattr(dls, 'train'): raise TypeError(f"dls must be a DataLoaders (with .train/.valid), got {type(dls).__name__}")
         if not isinstance(model, nn.Module): raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
         _check_opt_func(opt_func)
@@ -117,7 +128,7 @@ class Learner:
         if rec is None: raise AttributeError("final_record needs a Recorder: add one, or keep the default callbacks")
         return rec.final_record
 
-    def step_due(self, n_items=0):
+    def step_due(self, n_items=0):  # items not yet counted, e.g. the size of a batch before its backward pass
         "Will the optimizer step at the end of this batch (`n_items` more items on)? Not while a callback's `will_step` says no."
         return all(will_step(n_items) for will_step in self._step_gates)
 
@@ -260,7 +271,7 @@ def _not_scalar(loss):
 
 # %% ../nbs/04_learner.ipynb #b76d37ad
 @patch
-def add_cb(self:Learner, cb):
+def add_cb(self:Learner, cb):  # a `Callback` instance, or a class to instantiate
     "Attach callback `cb` (an instance or a class) and expose it as `learn.<cb.name>`; return it."
     cb = _as_callback(cb)
     name, current = cb.name, self.__dict__.get(cb.name)
@@ -278,12 +289,12 @@ def add_cb(self:Learner, cb):
     return cb
 
 @patch
-def add_cbs(self:Learner, cbs):
+def add_cbs(self:Learner, cbs):  # a list of `Callback` instances or classes
     "Attach each callback of `cbs`; return them (classes instantiated)."
     return [self.add_cb(cb) for cb in cbs]
 
 @patch
-def remove_cb(self:Learner, cb):
+def remove_cb(self:Learner, cb):  # an attached `Callback`, or a class: every attached callback of that class
     "Detach callback `cb`, or every callback of class `cb`."
     gone = [c for c in self._cbs if isinstance(c, cb)] if isinstance(cb, type) else [cb]
     for c in gone:
@@ -294,14 +305,14 @@ def remove_cb(self:Learner, cb):
     self._rebuild_dispatch()
 
 @patch
-def remove_cbs(self:Learner, cbs):
+def remove_cbs(self:Learner, cbs):  # a list of attached callbacks (or classes)
     "Detach each callback of `cbs`."
     for cb in cbs: self.remove_cb(cb)
 
 # %% ../nbs/04_learner.ipynb #e0add878
 @patch
 @contextmanager
-def added_cbs(self:Learner, cbs):
+def added_cbs(self:Learner, cbs):  # a `Callback` or a list of them (instances or classes); None adds nothing
     "Context manager: `cbs` attached inside the block, detached after it."
     cbs = [] if cbs is None else list(cbs) if isinstance(cbs, (list, tuple)) else [cbs]
     added = []
@@ -312,7 +323,7 @@ def added_cbs(self:Learner, cbs):
 
 @patch
 @contextmanager
-def removed_cbs(self:Learner, cbs):
+def removed_cbs(self:Learner, cbs):  # a list of attached callbacks
     "Context manager: `cbs` detached inside the block, attached again after it."
     cbs = list(cbs)
     self.remove_cbs(cbs)
@@ -339,7 +350,13 @@ def create_opt(self:Learner):
 
 # %% ../nbs/04_learner.ipynb #1b496cfc
 @patch
-def fit(self:Learner, n_epoch, lr=None, wd=None, cbs=None, reset_opt=False, start_epoch=0, resume=None):
+def fit(self:Learner, n_epoch,  # the number of epochs of the whole fit: it runs epochs `start_epoch` to `n_epoch-1`
+        lr=None,                # the learning rate (if None, the learner's): a number, a list per parameter group, or a `slice(lo, hi)`
+        wd=None,                # the weight decay; if None, the learner's `wd` (or the optimizer's own)
+        cbs=None,               # callbacks (one or a list, instances or classes) for this fit only
+        reset_opt=False,        # create a new optimizer, forgetting its state
+        start_epoch=0,          # the epoch to begin at, as if the earlier ones had run
+        resume=None):           # the name or path of a checkpoint taken in a fit with the same arguments, to continue it exactly
     "Train for `n_epoch` epochs (from `start_epoch`), with extra callbacks `cbs` for this fit only; `resume` continues from a checkpoint taken in this fit."
     _check_epochs(n_epoch, start_epoch)
     cbs, resumer = [] if cbs is None else list(cbs) if isinstance(cbs, (list, tuple)) else [cbs], None
@@ -364,7 +381,7 @@ def fit(self:Learner, n_epoch, lr=None, wd=None, cbs=None, reset_opt=False, star
 
 # %% ../nbs/04_learner.ipynb #11dbfacb
 @patch
-def freeze_to(self:Learner, n):
+def freeze_to(self:Learner, n):  # the index of the first parameter group to train (negative counts from the end)
     "Train only parameter groups `n` onwards (creating the optimizer if needed)."
     if self.opt is None: self.create_opt()
     self.opt.freeze_to(n)
@@ -385,7 +402,7 @@ def unfreeze(self:Learner):
 
 # %% ../nbs/04_learner.ipynb #b215f0b3
 @patch
-def show_training_loop(self:Learner, cbs=None):
+def show_training_loop(self:Learner, cbs=None):  # extra callbacks (one or a list) to show too; if None, the last fit's own
     "Print each event of the loop with the callbacks that run at it, including `cbs` (default: the last fit's own), marked *."
     extra = list(self.fit_cbs) if cbs is None else [_as_callback(c) for c in (cbs if isinstance(cbs, (list, tuple)) else [cbs])]
     print_loop(sort_callbacks(self._cbs + [c for c in extra if c not in self._cbs]), marked=extra)

@@ -123,7 +123,9 @@ def _mt_adam_step(ps, grads, st, hyper):
 # %% ../nbs/01a_multi_tensor.ipynb #8b436378
 _MULTI_TENSOR = {}
 
-def register_multi_tensor(cb, form, state_names=()):
+def register_multi_tensor(cb,               # a per-parameter optimizer callback, e.g. `average_grad`
+                          form,             # `form(ps, grads, st, hyper, **keywords)`: the same update on lists of tensors
+                          state_names=()):  # the names of the per-parameter state `form` creates
     "Register `form(ps, grads, st, hyper, **keywords)` as the multi-tensor version of callback `cb`, creating `state_names`."
     if not callable(cb) or not callable(form): raise TypeError("register_multi_tensor: cb and form must be functions")
     _MULTI_TENSOR[cb] = (form, tuple(state_names))

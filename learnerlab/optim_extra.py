@@ -17,7 +17,15 @@ from .optimizer import (Optimizer, BaseOptimizer, _param_groups, _check_hyper, _
 from .multi_tensor import register_multi_tensor
 
 # %% ../nbs/01c_more_optimizers.ipynb #aa63144e
-def radam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
+def radam_step(p,          # the parameter, with its `grad`
+               lr,         # the learning rate
+               mom,        # the weight of the past in the gradients' moving average (`beta1`)
+               step,       # the number of steps taken, from `step_stat`
+               sqr_mom,    # the weight of the past in the squared gradients' moving average (`beta2`)
+               grad_avg,   # the gradients' moving average, from `average_grad`
+               sqr_avg,    # the squared gradients' moving average, from `average_sqr_grad`
+               eps,        # added to the denominator, for numerical stability
+               **kwargs):  # the other hyper-parameters and state, unused
     "RAdam's rectified Adam step (momentum-only while the variance estimate is unreliable), as in `torch.optim.RAdam`."
     step = float(step)
     d1, d2 = debias(mom, step), debias(sqr_mom, step)
@@ -28,21 +36,47 @@ def radam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
         p.data.addcdiv_(grad_avg, sqr_avg.sqrt().add_(eps), value=-lr * rect * math.sqrt(d2) / d1)
     else: p.data.add_(grad_avg, alpha=-lr / d1)
 
-def RAdam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True, impl='auto'):
+def RAdam(params,            # `model.parameters()`, a list of tensors, or a list of groups (lists, or dicts with 'params')
+          lr,                # the learning rate: a number, a list per parameter group, or a `slice(lo, hi)`
+          mom=0.9,           # the weight of the past in the gradients' moving average (`beta1`)
+          sqr_mom=0.99,      # the weight of the past in the squared gradients' moving average (`beta2`)
+          eps=1e-5,          # added to the denominator, for numerical stability
+          wd=0.,             # the weight decay
+          decouple_wd=True,  # decay the weights directly (AdamW's way); if False, add `wd*p` to the gradient (L2)
+          impl='auto'):      # how the step runs: 'auto', 'loop', 'foreach', 'fused' or 'compile' (see `Optimizer`)
     "RAdam: Adam with a rectified adaptive learning rate."
     cbs = [weight_decay if decouple_wd else l2_reg, partial(average_grad, dampening=True), average_sqr_grad,
            step_stat, radam_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, impl=impl)
 
 # %% ../nbs/01c_more_optimizers.ipynb #0be36443
-def qhadam_step(p, lr, mom, sqr_mom, sqr_avg, nu_1, nu_2, step, grad_avg, eps, **kwargs):
+def qhadam_step(p,          # the parameter, with its `grad`
+                lr,         # the learning rate
+                mom,        # the weight of the past in the gradients' moving average (`beta1`)
+                sqr_mom,    # the weight of the past in the squared gradients' moving average (`beta2`)
+                sqr_avg,    # the squared gradients' moving average, from `average_sqr_grad`
+                nu_1,       # the weight of the moving average against the current gradient, in [0, 1]
+                nu_2,       # the same for the squared gradients
+                step,       # the number of steps taken, from `step_stat`
+                grad_avg,   # the gradients' moving average, from `average_grad`
+                eps,        # added to the denominator, for numerical stability
+                **kwargs):  # the other hyper-parameters and state, unused
     "QHAdam's step: Adam on a mix `nu_1` of averaged and current gradient (and `nu_2` for the squares)."
     step, g = float(step), p.grad.data
     num = g * (1 - nu_1) + grad_avg / debias(mom, step) * nu_1
     den = (g * g * (1 - nu_2) + sqr_avg / debias(sqr_mom, step) * nu_2).sqrt().add_(eps)
     p.data.addcdiv_(num, den, value=-lr)
 
-def QHAdam(params, lr, mom=0.999, sqr_mom=0.999, nu_1=0.7, nu_2=1.0, eps=1e-8, wd=0., decouple_wd=True, impl='auto'):
+def QHAdam(params,            # `model.parameters()`, a list of tensors, or a list of groups (lists, or dicts with 'params')
+           lr,                # the learning rate: a number, a list per parameter group, or a `slice(lo, hi)`
+           mom=0.999,         # the weight of the past in the gradients' moving average (`beta1`)
+           sqr_mom=0.999,     # the weight of the past in the squared gradients' moving average (`beta2`)
+           nu_1=0.7,          # the weight of the moving average against the current gradient, in [0, 1]
+           nu_2=1.0,          # the same for the squared gradients
+           eps=1e-8,          # added to the denominator, for numerical stability
+           wd=0.,             # the weight decay
+           decouple_wd=True,  # decay the weights directly (AdamW's way); if False, add `wd*p` to the gradient (L2)
+           impl='auto'):      # how the step runs: 'auto', 'loop', 'foreach', 'fused' or 'compile' (see `Optimizer`)
     "QHAdam: quasi-hyperbolic Adam."
     cbs = [weight_decay if decouple_wd else l2_reg, partial(average_grad, dampening=True), average_sqr_grad,
            step_stat, qhadam_step]
@@ -51,7 +85,15 @@ def QHAdam(params, lr, mom=0.999, sqr_mom=0.999, nu_1=0.7, nu_2=1.0, eps=1e-8, w
 limit_hyper('nu_1', 0, 1, high_ok=True, example='0.7'); limit_hyper('nu_2', 0, 1, high_ok=True, example='1.0')
 
 # %% ../nbs/01c_more_optimizers.ipynb #22da7a27
-def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
+def lamb_step(p,          # the parameter, with its `grad`
+              lr,         # the learning rate
+              mom,        # the weight of the past in the gradients' moving average (`beta1`)
+              step,       # the number of steps taken, from `step_stat`
+              sqr_mom,    # the weight of the past in the squared gradients' moving average (`beta2`)
+              grad_avg,   # the gradients' moving average, from `average_grad`
+              sqr_avg,    # the squared gradients' moving average, from `average_sqr_grad`
+              eps,        # added to the denominator, for numerical stability
+              **kwargs):  # the other hyper-parameters and state, unused
     "LAMB's step: Adam's update scaled per tensor by the trust ratio `||p|| / ||update||` (at most 10)."
     step = float(step)
     upd = (grad_avg / debias(mom, step)) / ((sqr_avg / debias(sqr_mom, step)).sqrt() + eps)
@@ -59,25 +101,49 @@ def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     q = 1. if r1 == 0 or r2 == 0 else min(r1 / r2, 10.)
     p.data.add_(upd, alpha=-lr * q)
 
-def LAMB(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True, impl='auto'):
+def LAMB(params,            # `model.parameters()`, a list of tensors, or a list of groups (lists, or dicts with 'params')
+         lr,                # the learning rate: a number, a list per parameter group, or a `slice(lo, hi)`
+         mom=0.9,           # the weight of the past in the gradients' moving average (`beta1`)
+         sqr_mom=0.99,      # the weight of the past in the squared gradients' moving average (`beta2`)
+         eps=1e-5,          # added to the denominator, for numerical stability
+         wd=0.,             # the weight decay
+         decouple_wd=True,  # decay the weights directly (AdamW's way); if False, add `wd*p` to the gradient (L2)
+         impl='auto'):      # how the step runs: 'auto', 'loop', 'foreach', 'fused' or 'compile' (see `Optimizer`)
     "LAMB: Adam with a layer-wise trust ratio."
     cbs = [weight_decay if decouple_wd else l2_reg, partial(average_grad, dampening=True), average_sqr_grad,
            step_stat, lamb_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, impl=impl)
 
 # %% ../nbs/01c_more_optimizers.ipynb #43c86d7f
-def larc_layer_lr(p, lr, trust_coeff, wd, eps, clip=True, **kwargs):
+def larc_layer_lr(p,            # the parameter, with its `grad`
+                  lr,           # the learning rate
+                  trust_coeff,  # the local rate is `lr * trust_coeff * ||p|| / (||grad|| + wd*||p|| + eps)`
+                  wd,           # the weight decay
+                  eps,          # added to the denominator, for numerical stability
+                  clip=True,    # never above `lr` (LARC); if False, unbounded (LARS)
+                  **kwargs):    # the other hyper-parameters and state, unused
     "The per-tensor learning rate of LARS (`clip=False`) or LARC (`clip=True`), in state `local_lr`."
     p_norm, g_norm = p.data.norm().item(), p.grad.data.norm().item()
     if p_norm == 0 or g_norm == 0: return {'local_lr': lr}
     local_lr = lr * trust_coeff * p_norm / (g_norm + p_norm * wd + eps)
     return {'local_lr': min(lr, local_lr) if clip else local_lr}
 
-def larc_step(p, local_lr, grad_avg=None, **kwargs):
+def larc_step(p,              # the parameter, with its `grad`
+              local_lr,       # this tensor's learning rate, from `larc_layer_lr`
+              grad_avg=None,  # the gradients' moving average (with momentum); None steps along the gradient
+              **kwargs):      # the other hyper-parameters and state, unused
     "SGD step with the per-tensor learning rate `local_lr` (along `grad_avg` if momentum is used)."
     p.data.add_(p.grad.data if grad_avg is None else grad_avg, alpha=-local_lr)
 
-def Larc(params, lr, mom=0.9, clip=True, trust_coeff=0.02, eps=1e-8, wd=0., decouple_wd=True, impl='auto'):
+def Larc(params,            # `model.parameters()`, a list of tensors, or a list of groups (lists, or dicts with 'params')
+         lr,                # the learning rate: a number, a list per parameter group, or a `slice(lo, hi)`
+         mom=0.9,           # the momentum; 0 for none
+         clip=True,         # never above `lr` (LARC); if False, unbounded (LARS)
+         trust_coeff=0.02,  # the local rate is `lr * trust_coeff * ||p|| / (||grad|| + wd*||p|| + eps)`
+         eps=1e-8,          # added to the denominator, for numerical stability
+         wd=0.,             # the weight decay
+         decouple_wd=True,  # decay the weights directly (AdamW's way); if False, add `wd*p` to the gradient (L2)
+         impl='auto'):      # how the step runs: 'auto', 'loop', 'foreach', 'fused' or 'compile' (see `Optimizer`)
     "LARC (or LARS with `clip=False`): SGD with momentum and a per-tensor learning rate."
     cbs = [weight_decay if decouple_wd else l2_reg]
     if mom != 0: cbs.append(average_grad)
@@ -152,7 +218,9 @@ for _cb, _form, _names in [(radam_step, _mt_radam_step, ()), (qhadam_step, _mt_q
 # %% ../nbs/01c_more_optimizers.ipynb #9e3e3474
 class Lookahead(BaseOptimizer):
     "Wrap optimizer `opt`: every `k` steps, move slow weights `alpha` of the way to the fast ones and restart from them."
-    def __init__(self, opt, k=6, alpha=0.5):
+    def __init__(self, opt,   # a learnerlab optimizer, e.g. `RAdam(params, lr=1e-3)`
+                 k=6,         # the number of steps between syncs of the slow weights
+                 alpha=0.5):  # the fraction of the way the slow weights move
         if not isinstance(opt, BaseOptimizer):
             raise TypeError(f"Lookahead: opt must be a learnerlab optimizer such as Adam(params, lr=1e-3), got the {type(opt).__name__} {opt!r:.60}")
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
@@ -195,7 +263,16 @@ class Lookahead(BaseOptimizer):
         self.opt.clear_state(); self.slow, self.count = None, 0
 
 # %% ../nbs/01c_more_optimizers.ipynb #86016809
-def ranger(params, lr, mom=0.95, sqr_mom=0.99, eps=1e-6, wd=0.01, k=6, alpha=0.5, decouple_wd=True, impl='auto'):
+def ranger(params,            # `model.parameters()`, a list of tensors, or a list of groups (lists, or dicts with 'params')
+           lr,                # the learning rate: a number, a list per parameter group, or a `slice(lo, hi)`
+           mom=0.95,          # the weight of the past in the gradients' moving average (`beta1`)
+           sqr_mom=0.99,      # the weight of the past in the squared gradients' moving average (`beta2`)
+           eps=1e-6,          # added to the denominator, for numerical stability
+           wd=0.01,           # the weight decay
+           k=6,               # the number of steps between syncs of the slow weights
+           alpha=0.5,         # the fraction of the way the slow weights move
+           decouple_wd=True,  # decay the weights directly (AdamW's way); if False, add `wd*p` to the gradient (L2)
+           impl='auto'):      # how the step runs: 'auto', 'loop', 'foreach', 'fused' or 'compile' (see `Optimizer`)
     "Ranger: `Lookahead` around `RAdam`."
     return Lookahead(RAdam(params, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, decouple_wd=decouple_wd, impl=impl), k=k, alpha=alpha)
 
@@ -216,7 +293,11 @@ def _torch_defaults(opt_cls):
 # %% ../nbs/01c_more_optimizers.ipynb #21af2427
 class OptimWrapper(BaseOptimizer):
     "Use the `torch.optim` optimizer class `opt` through learnerlab's interface, with hyper names translated by `hp_map`."
-    def __init__(self, params, opt=torch.optim.AdamW, hp_map=None, train_bn=True, **kwargs):
+    def __init__(self, params,           # `model.parameters()`, a list of tensors, or a list of groups (lists, or dicts with 'params')
+                 opt=torch.optim.AdamW,  # a `torch.optim.Optimizer` class
+                 hp_map=None,            # learnerlab name -> torch's name, or `(name, index)` into a tuple like `betas`; added to the defaults
+                 train_bn=True,          # train the normalisation layers' parameters even in frozen groups
+                 **kwargs):              # hyper-parameters and options, in learnerlab's names (`lr`, `wd`, `mom`, ...) or torch's (e.g. `amsgrad`)
         if not (isinstance(opt, type) and issubclass(opt, torch.optim.Optimizer)):
             raise TypeError(f"OptimWrapper: opt must be a torch.optim.Optimizer class, got {opt!r}")
         self.param_lists, overrides = _param_groups(params)

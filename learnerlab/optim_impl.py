@@ -38,7 +38,10 @@ _LIKE = ('zeros_like', 'ones_like', 'empty_like', 'full_like', 'clone', 'detach'
 # %% ../nbs/01b_optimizer_impl.ipynb #48f7ee5a
 class TensorList:
     "A list of tensors that an elementwise callback can use as one tensor: each operation is one `torch._foreach_*` call."
-    def __init__(self, ts, grad=None, temp=False): self.ts, self._grad, self._temp = list(ts), grad, temp
+    def __init__(self, ts,     # the tensors
+                 grad=None,    # their gradients, a `TensorList`, when the tensors are parameters
+                 temp=False):  # an intermediate result, which operations may overwrite
+        self.ts, self._grad, self._temp = list(ts), grad, temp
 
     @property
     def data(self): return self
@@ -128,7 +131,9 @@ def _binary(tl, name, other, refs):
 class PerParameterWarning(UserWarning):
     "Warned once when an optimizer's callback chain has to run on the (slow) per-parameter loop."
 
-def foreach_plan(cbs, strict=False, chunk_bytes=None):
+def foreach_plan(cbs,                # the optimizer callbacks, in order
+                 strict=False,       # raise if a callback cannot run on lists of tensors, instead of warning and looping
+                 chunk_bytes=None):  # about how many bytes of parameters each multi-tensor call takes; if None, `CHUNK_BYTES`
     "How `foreach_step` runs `cbs`: each callback's registered form, or the callback itself on `TensorList`s (checked first)."
     steps = [_registered(cb) or (cb, None) for cb in cbs]
     names = tuple(dict.fromkeys(n for _, ns in steps if ns is not None for n in ns))
@@ -228,7 +233,11 @@ def _run_foreach(plan, ps, states, state, hyper):
 
 _NO_STATE = {}
 
-def foreach_step(cbs, ps, state, hyper, plan):
+def foreach_step(cbs,    # the optimizer callbacks, in order
+                 ps,     # the parameters of one group to step, with gradients
+                 state,  # the per-parameter state, a dict parameter -> dict, updated in place
+                 hyper,  # the group's hyper-parameters, a dict
+                 plan):  # the plan from `foreach_plan(cbs)`, kept between steps
     "Run the chain on lists of tensors per device, dtype and chunk (the multi-tensor strategy); `plan` is from `foreach_plan(cbs)`."
     if plan['failed']: return loop_step(cbs, ps, state, hyper)
     states = [state.get(p) for p in ps]
@@ -259,7 +268,13 @@ def _give_up(cbs, ps, state, hyper, plan, reason):
     loop_step(cbs, ps, state, hyper)
 
 # %% ../nbs/01b_optimizer_impl.ipynb #0977a898
-def fused_step(cbs, ps, state, hyper, kernel, decouple_wd=True, fallback=None):
+def fused_step(cbs,               # the optimizer callbacks, in order
+               ps,                # the parameters of one group to step, with gradients
+               state,             # the per-parameter state, a dict parameter -> dict, updated in place
+               hyper,             # the group's hyper-parameters, a dict
+               kernel,            # 'sgd', 'sgd_mom' or 'adam'
+               decouple_wd=True,  # decay the weights directly (AdamW's way) rather than by L2
+               fallback=None):    # a strategy for parameters the kernel cannot take (device or dtype); if None, an error
     "Run PyTorch's fused `kernel` ('sgd', 'sgd_mom' or 'adam') on the lists of `ps` per device and dtype (the fused strategy)."
     run, names = _FUSED[kernel]
     check_hypers(cbs, hyper, names)
@@ -294,11 +309,15 @@ def _tensor_hypers(hyper, device):
     "`hyper` with its float values as 0-d float32 tensors on `device`, so that changing them does not recompile."
     return {k: torch.tensor(v, dtype=torch.float32, device=device) if isinstance(v, float) else v for k, v in hyper.items()}
 
-def compile_cache(chunk=128):
+def compile_cache(chunk=128):  # the number of parameters per compiled call
     "A fresh cache for `compiled_step`: the compiled function, the chunks already checked, and the error if compiling failed."
     return dict(fn=None, checked=set(), error=None, chunk=chunk)
 
-def compiled_step(cbs, ps, state, hyper, cache):
+def compiled_step(cbs,     # the optimizer callbacks, in order
+                  ps,      # the parameters of one group to step, with gradients
+                  state,   # the per-parameter state, a dict parameter -> dict, updated in place
+                  hyper,   # the group's hyper-parameters, a dict
+                  cache):  # the cache from `compile_cache()`, kept between steps
     "Run the chapter's loop compiled by `torch.compile`, in chunks (the compiled strategy); the loop until state exists or if compiling fails."
     if cache['error'] is not None or any(p not in state for p in ps): return loop_step(cbs, ps, state, hyper)
     if cache['fn'] is None: cache['fn'] = torch.compile(_run_chain)
@@ -317,13 +336,15 @@ def compiled_step(cbs, ps, state, hyper, cache):
         cache['checked'].add(key)
     for chunk in chunks: cache['fn'](cbs, chunk, [state[p] for p in chunk], hyper_t)
 
-def compile_error(opt):
+def compile_error(opt):  # an `Optimizer`
     "The exception that stopped `opt`'s `impl='compile'` from compiling, or None."
     cache = getattr(opt._strategy, 'keywords', {}).get('cache')
     return None if cache is None else cache['error']
 
 # %% ../nbs/01b_optimizer_impl.ipynb #49335863
-def choose_strategy(cbs, impl='auto', fused=None):
+def choose_strategy(cbs,          # the optimizer callbacks, in order
+                    impl='auto',  # one of `IMPLS`: 'auto', 'loop', 'foreach', 'fused' or 'compile'
+                    fused=None):  # the fused kernel the chain matches, `dict(kernel=..., decouple_wd=...)`, or None
     "The strategy `(cbs, ps, state, hyper)` that runs chain `cbs` for `impl`; `fused` is the optimizer's declared kernel, if any."
     if impl == 'loop': return loop_step
     if impl == 'compile': return partial(compiled_step, cache=compile_cache())

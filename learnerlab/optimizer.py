@@ -45,19 +45,23 @@ def _required(cb):
 
 _REQUIRED = {}
 
-def missing_names(cb, available):
+def missing_names(cb,          # an optimizer callback (a function or a `partial` of one)
+                  available):  # the names that the hyper-parameters and the state provide
     "The keyword arguments without default that callback `cb` needs and `available` (names) lacks."
     try: req = _REQUIRED.get(cb)
     except TypeError: req = _required(cb)   # an unhashable callable
     if req is None: req = _REQUIRED[cb] = _required(cb)
     return [n for n in req if n not in available]
 
-def missing_hyper_error(cb, names):
+def missing_hyper_error(cb,      # the optimizer callback
+                        names):  # the names it needs and lacks
     "The error for callback `cb` lacking the hyper-parameters (or state) `names`."
     return TypeError(f"optimizer callback {_cb_name(cb)} needs {', '.join(map(repr, names))}, which no hyper-parameter or "
                      f"state provides; pass {names[0]}=... to the optimizer, or give the callback a `defaults` dict")
 
-def check_hypers(cbs, hyper, state_names=()):
+def check_hypers(cbs,              # the optimizer callbacks
+                 hyper,            # a group's hyper-parameters, a dict
+                 state_names=()):  # the names of the state the callbacks create
     "Raise `missing_hyper_error` if a callback of `cbs` needs a name that neither `hyper` nor `state_names` provides."
     available = set(hyper) | set(state_names)
     for cb in cbs:
@@ -81,7 +85,7 @@ def loop_step(cbs, ps, state, hyper):
         state[p] = st
 
 # %% ../nbs/01_optimizer.ipynb #f98f1b41
-def callback_defaults(cbs):
+def callback_defaults(cbs):  # the optimizer callbacks
     "The `defaults` dicts of the callbacks `cbs` (or of the functions they are partials of), merged in order."
     out = {}
     for cb in cbs: out.update(getattr(cb.func if isinstance(cb, partial) else cb, 'defaults', {}))
@@ -108,7 +112,12 @@ IMPLS = ('auto', 'loop', 'foreach', 'fused', 'compile')
 
 class Optimizer(BaseOptimizer):
     "Run the callbacks `cbs` on each parameter, with hyper-parameters per group, by the execution strategy `impl`."
-    def __init__(self, params, cbs, train_bn=True, impl='auto', fused=None, **defaults):
+    def __init__(self, params,   # `model.parameters()`, a list of tensors, or a list of groups (lists, or dicts with 'params')
+                 cbs,            # the step's callbacks `cb(p, **hypers_and_state)`, one or a list, run in order on each parameter
+                 train_bn=True,  # train the normalisation layers' parameters even in frozen groups
+                 impl='auto',    # how the step runs: one of `IMPLS` ('auto' picks the fastest that applies)
+                 fused=None,     # the PyTorch fused kernel the chain matches, `dict(kernel=..., decouple_wd=...)`; None if none
+                 **defaults):    # the hyper-parameters, each a number, a list per parameter group, or a `slice(lo, hi)`
         if 'compile' in defaults: raise TypeError("Optimizer: compile= is now impl='compile'")
         if impl not in IMPLS: raise ValueError(f"Optimizer: impl={impl!r} is not one of {IMPLS}")
         cbs = [cbs] if callable(cbs) else list(cbs)
@@ -176,18 +185,25 @@ def _cb_names(cbs):
     return names
 
 # %% ../nbs/01_optimizer.ipynb #2afcced3
-def sgd_step(p, lr, **kwargs):
+def sgd_step(p,          # the parameter, with its `grad`
+             lr,         # the learning rate
+             **kwargs):  # the other hyper-parameters and state, unused
     "Move `p` against its gradient: `p -= lr * grad`."
     p.data.add_(p.grad.data, alpha=-lr)
 
 sgd_cb = sgd_step
 
 # %% ../nbs/01_optimizer.ipynb #0c13d40a
-def weight_decay(p, lr, wd, **kwargs):
+def weight_decay(p,          # the parameter, with its `grad`
+                 lr,         # the learning rate
+                 wd,         # the weight decay
+                 **kwargs):  # the other hyper-parameters and state, unused
     "Decoupled weight decay: `p *= 1 - lr*wd`."
     if wd != 0: p.data.mul_(1 - lr * wd)
 
-def l2_reg(p, wd, **kwargs):
+def l2_reg(p,          # the parameter, with its `grad`
+           wd,         # the weight decay
+           **kwargs):  # the other hyper-parameters and state, unused
     "L2 regularisation: add `wd*p` to the gradient."
     if wd != 0: p.grad.data.add_(p.data, alpha=wd)
 
@@ -210,14 +226,19 @@ def average_sqr_grad(p, sqr_mom, dampening=True, sqr_avg=None, **kwargs):
 average_grad.defaults, average_sqr_grad.defaults = dict(mom=0.9), dict(sqr_mom=0.99)
 
 # %% ../nbs/01_optimizer.ipynb #19864eb8
-def step_stat(p, step=None, **kwargs):
+def step_stat(p,          # the parameter, with its `grad`
+              step=None,  # the number of steps so far, from the state; None before the first
+              **kwargs):  # the other hyper-parameters and state, unused
     "Count the steps taken, in state `step` (a 0-d float32 tensor)."
     if step is None: step = torch.zeros((), dtype=torch.float32, device=p.device)
     step += 1
     return {'step': step}
 
 # %% ../nbs/01_optimizer.ipynb #cc7b96dc
-def momentum_step(p, lr, grad_avg, **kwargs):
+def momentum_step(p,          # the parameter, with its `grad`
+                  lr,         # the learning rate
+                  grad_avg,   # the gradients' moving average, from `average_grad`
+                  **kwargs):  # the other hyper-parameters and state, unused
     "Move `p` along the averaged gradient: `p -= lr * grad_avg`."
     p.data.add_(grad_avg, alpha=-lr)
 
@@ -236,7 +257,8 @@ def rms_prop_step(p, lr, sqr_avg, eps, grad_avg=None, mom=0., mom_buf=None, **kw
 rms_prop_step.defaults = dict(eps=1e-8)
 
 # %% ../nbs/01_optimizer.ipynb #b4b84ebd
-def debias(mom, step):
+def debias(mom,    # the weight of the past in the moving average
+           step):  # the number of steps taken
     "The debiasing factor `1 - mom**step` for a damped moving average after `step` steps."
     return 1 - mom ** step
 
@@ -248,7 +270,12 @@ def adam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     p.data.addcdiv_(grad_avg, denom, value=-step_size)
 
 # %% ../nbs/01_optimizer.ipynb #dcbd81c3
-def SGD(params, lr, mom=0., wd=0., decouple_wd=True, impl='auto'):
+def SGD(params,            # `model.parameters()`, a list of tensors, or a list of groups (lists, or dicts with 'params')
+        lr,                # the learning rate: a number, a list per parameter group, or a `slice(lo, hi)`
+        mom=0.,            # the momentum; 0 for none
+        wd=0.,             # the weight decay
+        decouple_wd=True,  # decay the weights directly (AdamW's way); if False, add `wd*p` to the gradient (L2)
+        impl='auto'):      # how the step runs: 'auto', 'loop', 'foreach', 'fused' or 'compile' (see `Optimizer`)
     "SGD with optional momentum (undamped, as `torch.optim.SGD`) and weight decay (decoupled, or L2 with `decouple_wd=False`)."
     cbs = [weight_decay if decouple_wd else l2_reg]
     cbs += [average_grad, momentum_step] if mom != 0 else [sgd_step]
@@ -256,13 +283,27 @@ def SGD(params, lr, mom=0., wd=0., decouple_wd=True, impl='auto'):
                      fused=dict(kernel='sgd_mom' if mom != 0 else 'sgd', decouple_wd=decouple_wd))
 
 # %% ../nbs/01_optimizer.ipynb #57a574f9
-def RMSProp(params, lr, sqr_mom=0.99, mom=0., eps=1e-8, wd=0., decouple_wd=True, impl='auto'):
+def RMSProp(params,            # `model.parameters()`, a list of tensors, or a list of groups (lists, or dicts with 'params')
+            lr,                # the learning rate: a number, a list per parameter group, or a `slice(lo, hi)`
+            sqr_mom=0.99,      # the weight of the past in the squared gradients' moving average (PyTorch's `alpha`)
+            mom=0.,            # the momentum of the normalised step; 0 for none
+            eps=1e-8,          # added to the denominator, for numerical stability
+            wd=0.,             # the weight decay
+            decouple_wd=True,  # decay the weights directly (AdamW's way); if False, add `wd*p` to the gradient (L2)
+            impl='auto'):      # how the step runs: 'auto', 'loop', 'foreach', 'fused' or 'compile' (see `Optimizer`)
     "RMSProp (PyTorch's form, momentum on the normalised step) with decoupled or L2 weight decay."
     cbs = [weight_decay if decouple_wd else l2_reg, average_sqr_grad, rms_prop_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, impl=impl)
 
 # %% ../nbs/01_optimizer.ipynb #e6be0391
-def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True, impl='auto'):
+def Adam(params,            # `model.parameters()`, a list of tensors, or a list of groups (lists, or dicts with 'params')
+         lr,                # the learning rate: a number, a list per parameter group, or a `slice(lo, hi)`
+         mom=0.9,           # the weight of the past in the gradients' moving average (PyTorch's `beta1`)
+         sqr_mom=0.99,      # the weight of the past in the squared gradients' moving average (PyTorch's `beta2`)
+         eps=1e-5,          # added to the denominator, for numerical stability
+         wd=0.01,           # the weight decay
+         decouple_wd=True,  # decay the weights directly (AdamW's way); if False, add `wd*p` to the gradient (L2)
+         impl='auto'):      # how the step runs: 'auto', 'loop', 'foreach', 'fused' or 'compile' (see `Optimizer`)
     "Adam with fastai's defaults; decoupled weight decay (AdamW) unless `decouple_wd=False` (L2, like `torch.optim.Adam`)."
     cbs = [weight_decay if decouple_wd else l2_reg, partial(average_grad, dampening=True),
            average_sqr_grad, step_stat, adam_step]
@@ -271,7 +312,8 @@ def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True,
 
 # %% ../nbs/01_optimizer.ipynb #f4b4f804
 @patch
-def set_hyper(self: BaseOptimizer, k, v):
+def set_hyper(self: BaseOptimizer, k,  # the hyper-parameter's name, e.g. 'lr'
+              v):                      # a number, a list per parameter group, or a `slice(lo, hi)`
     "Set hyper-parameter `k` to `v` (a number, a list with one value per group, or a slice) in every group."
     known = self._known_hypers()
     if k not in known: raise KeyError(f"set_hyper: unknown hyper-parameter {k!r}; known names: {sorted(known)}")
@@ -286,7 +328,7 @@ def set_hypers(self: BaseOptimizer, **kwargs):
 
 # %% ../nbs/01_optimizer.ipynb #e71b9ef5
 @patch
-def freeze_to(self: BaseOptimizer, n):
+def freeze_to(self: BaseOptimizer, n):  # the index of the first group to train (negative counts from the end)
     "Freeze the parameter groups before index `n` (negative counts from the end), unfreeze the rest."
     ng = len(self.param_lists)
     if not -ng <= n <= ng: raise ValueError(f"freeze_to: n={n} is out of range for {ng} parameter groups")
@@ -310,7 +352,8 @@ def unfreeze(self: BaseOptimizer):
 _NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
                 nn.InstanceNorm3d, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
-def norm_bias_params(model, with_bias=True):
+def norm_bias_params(model,            # an `nn.Module`
+                     with_bias=True):  # include every bias, not only the normalisation layers'
     "The parameters of `model`'s normalisation layers and (with `with_bias`) all its biases: those trained without weight decay."
     out, seen = [], set()
     for m in model.modules():
@@ -321,7 +364,7 @@ def norm_bias_params(model, with_bias=True):
     return out
 
 @patch
-def exclude_wd(self: BaseOptimizer, params):
+def exclude_wd(self: BaseOptimizer, params):  # the parameters to train without weight decay, e.g. `norm_bias_params(model)`
     "Step the parameters `params` (e.g. `norm_bias_params(model)`) without weight decay, whatever their group's `wd`."
     self._set_no_wd({id(p) for p in params})
 
@@ -337,7 +380,7 @@ def state_dict(self: BaseOptimizer):
     return {'layout': self._layout(), 'hypers': [dict(h) for h in self.hypers], 'state': self._save_state()}
 
 @patch
-def load_state_dict(self: BaseOptimizer, sd):
+def load_state_dict(self: BaseOptimizer, sd):  # a dict from `state_dict`
     "Load `sd` from `state_dict`, refusing one saved for a different parameter layout."
     if not isinstance(sd, dict) or not {'layout', 'hypers', 'state'} <= set(sd):
         raise ValueError("load_state_dict: sd must be a dict made by Optimizer.state_dict()")

@@ -62,7 +62,8 @@ def _param_groups(params):
     return groups, overrides
 
 # %% ../nbs/00_param_groups.ipynb #72b21a5e
-def spread_values(v, n):
+def spread_values(v,   # a number, a list of `n` values, or a `slice(lo, hi)` (or `slice(hi)`) of numbers > 0
+                  n):  # the number of parameter groups
     "List of `n` values from `v`: a number, a list of `n` values, or a `slice(lo, hi)` spread geometrically."
     if isinstance(v, slice):
         ends = [e for e in (v.start, v.stop) if e is not None]
@@ -84,7 +85,12 @@ _LIMITS = {'lr': (0., math.inf, True, False, '1e-3'), 'wd': (0., math.inf, True,
            'mom': (0., 1., True, False, '0.9'), 'sqr_mom': (0., 1., True, False, '0.99'),
            'eps': (0., math.inf, True, False, '1e-8')}
 
-def limit_hyper(name, low, high, low_ok=True, high_ok=False, example=None):
+def limit_hyper(name,           # the hyper-parameter's name
+                low,            # the smallest value allowed
+                high,           # the largest value allowed (`math.inf` for no limit)
+                low_ok=True,    # whether `low` itself is allowed
+                high_ok=False,  # whether `high` itself is allowed
+                example=None):  # a valid value for the error messages to suggest, as text; if None, `low`
     "Declare the range of hyper-parameter `name`, checked wherever it is set: `low` to `high`, ends included if `low_ok`/`high_ok`."
     _LIMITS[name] = (float(low), float(high), low_ok, high_ok, example if example is not None else repr(low))
 

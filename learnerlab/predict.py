@@ -19,7 +19,8 @@ from .dataloaders import _check_dl
 class GatherPreds(Callback):
     "Collect predictions, targets and (with `with_loss`) per-item losses during a validation pass."
     order = 100
-    def __init__(self, with_loss=False, with_input=False):
+    def __init__(self, with_loss=False,  # also collect each item's loss (needs a `loss_func` with a `reduction`)
+                 with_input=False):      # also collect the inputs
         self.with_loss, self.with_input, self.preds, self.targs, self.losses, self.inputs = with_loss, with_input, [], [], [], []
     def after_loss(self):
         if self.with_loss: self.losses.append(_unreduced_loss(self.learn).detach())
@@ -58,14 +59,20 @@ def _validation_pass(self:Learner, dl, cbs=(), ds_idx=1):
     finally: self.model.train(mode)
 
 @patch
-def validate(self:Learner, dl=None, cbs=None, ds_idx=1):
+def validate(self:Learner, dl=None,  # a `DataLoader` or a list of batches; if None, `dls.valid` (`dls.train` if `ds_idx=0`)
+             cbs=None,               # extra callbacks for this pass
+             ds_idx=1):              # 0 for `dls.train`, 1 for `dls.valid`
     "Loss and metrics on `dl` (default: `dls.valid`, or `dls.train` with `ds_idx=0`), as computed by the `Recorder`."
     self._validation_pass(dl, [] if cbs is None else list(cbs), ds_idx)
     rec = self.recorder_cb
     return None if rec is None else rec.valid_record
 
 @patch
-def get_preds(self:Learner, dl=None, with_loss=False, act=None, with_input=False, ds_idx=1):
+def get_preds(self:Learner, dl=None,  # a `DataLoader` or a list of batches; if None, `dls.valid` (`dls.train` if `ds_idx=0`)
+              with_loss=False,        # also return each item's loss (needs a `loss_func` with a `reduction`)
+              act=None,               # a function applied to the predictions, e.g. `partial(torch.softmax, dim=-1)`
+              with_input=False,       # also return the inputs, first
+              ds_idx=1):              # 0 for `dls.train`, 1 for `dls.valid`
     "(inputs if `with_input`,) predictions (through `act` if given), targets (and per-item losses) over `dl` or `dls[ds_idx]`."
     if act is not None and not callable(act): raise TypeError(f"act must be a function applied to the predictions, got {act!r}")
     gather = GatherPreds(with_loss, with_input)
@@ -78,7 +85,7 @@ def get_preds(self:Learner, dl=None, with_loss=False, act=None, with_input=False
     return tuple(res)
 
 @patch
-def predict(self:Learner, item):
+def predict(self:Learner, item):  # one input tensor, without the batch dimension
     "The model's output for one `item` (a tensor without the batch dimension), on the CPU."
     if not isinstance(item, torch.Tensor): raise TypeError(f"predict needs a tensor item, got {type(item).__name__}")
     preds, _ = self.get_preds(dl=[(item[None],)])

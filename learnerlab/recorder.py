@@ -17,7 +17,7 @@ from fastprogress.fastprogress import format_time
 from .callback import *
 
 # %% ../nbs/03a_recorder.ipynb #84c6e7fc
-def find_bs(b):
+def find_bs(b):  # a tensor, or a tuple or list of them (nested)
     "Number of items in batch `b` (a tensor or a tuple of them): the first dimension of its first tensor."
     while isinstance(b, (tuple, list)):
         if not b: raise ValueError("cannot find the batch size of an empty batch")
@@ -44,7 +44,8 @@ class Metric:
 # %% ../nbs/03a_recorder.ipynb #a05834ef
 class AvgMetric(Metric):
     "Average of `func(pred, *yb)` over the items of all batches (batches weighted by their size)."
-    def __init__(self, func, name=None):
+    def __init__(self, func,  # `func(pred, *yb)`, a number or a scalar tensor for the batch
+                 name=None):  # the column's name; if None, the function's
         if not callable(func): raise TypeError(f"a metric must be a function func(pred, targ), got {func!r}")
         self.func, self._name = func, name or getattr(func, '__name__', type(func).__name__)
         self.reset()
@@ -71,11 +72,15 @@ class AvgMetric(Metric):
         return v.item() if isinstance(v, torch.Tensor) else float(v)
 
 # %% ../nbs/03a_recorder.ipynb #0d2cfa17
-def accuracy(inp, targ, axis=-1):
+def accuracy(inp,       # the predictions: a score per class
+             targ,      # the class indices
+             axis=-1):  # the dimension of the classes
     "Fraction of items whose predicted class (argmax of `inp`) is `targ`."
     return (inp.argmax(dim=axis) == targ).float().mean()
 
-def error_rate(inp, targ, axis=-1):
+def error_rate(inp,       # the predictions: a score per class
+               targ,      # the class indices
+               axis=-1):  # the dimension of the classes
     "1 - `accuracy`."
     return 1 - accuracy(inp, targ, axis=axis)
 
@@ -93,7 +98,8 @@ class AvgLoss(Metric):
 
 class AvgSmoothLoss(Metric):
     "The loss smoothed by an exponential moving average with weight `beta`, debiased."
-    def __init__(self, beta=0.98): self.beta = beta; self.reset()
+    def __init__(self, beta=0.98):  # the weight of the past in the moving average, in [0, 1)
+        self.beta = beta; self.reset()
     def reset(self): self.avg, self.count = 0., 0
     def accumulate(self, learn):
         self.count += 1
@@ -105,7 +111,8 @@ class AvgSmoothLoss(Metric):
 
 class ValueMetric(Metric):
     "The value of `func()` (no arguments) at the end of the pass, named `name` (default: the function's name)."
-    def __init__(self, func, name=None):
+    def __init__(self, func,  # a function of no argument, called at the end of the pass
+                 name=None):  # the column's name; if None, the function's
         if not callable(func): raise TypeError(f"ValueMetric needs a function of no argument, got {func!r}")
         self.func, self._name = func, name or getattr(func, '__name__', 'value')
     @property
@@ -124,7 +131,9 @@ def _metric(m):
 class Recorder(Callback):
     "Record smoothed losses, hyper-parameters per batch, and losses and metrics per epoch; log a results table."
     order = 50
-    def __init__(self, beta=0.98, add_time=True, train_metrics=False):
+    def __init__(self, beta=0.98,       # the weight of the past in the moving average of the training loss, in [0, 1)
+                 add_time=True,         # add a column with each epoch's duration
+                 train_metrics=False):  # compute the metrics on the training batches too
         self.beta, self.add_time, self.train_metrics = beta, add_time, train_metrics
         self.metric_names, self.train_record, self._train_metrics = [], [], []
         self._reset_history()

@@ -57,7 +57,10 @@ def _skip(it, n):
 
 class RemainingBatches:
     "The batches of `dl` from batch `start_iter` on, in the order an epoch begun at generator states `train_rng` draws them; `then()` runs before the first."
-    def __init__(self, dl, start_iter, train_rng, then=lambda: None):
+    def __init__(self, dl,            # the training `DataLoader`
+                 start_iter,          # the index of the first batch to yield
+                 train_rng,           # the generators' states when the interrupted epoch began (`learn.train_rng`)
+                 then=lambda: None):  # a function of no argument, run before the first batch is yielded
         self.dl, self.start_iter, self.train_rng, self.then = dl, start_iter, train_rng, then
     def __len__(self): return len(self.dl)
     def __iter__(self):
@@ -71,7 +74,10 @@ class RemainingBatches:
 class Resume(Callback):
     "Continue a fit exactly from checkpoint `name` taken inside a fit of `n_epoch` epochs (what `fit(resume=name)` adds)."
     order = 1000      # last at every event: restores states once every other callback has set itself up
-    def __init__(self, learn, name, n_epoch, start_epoch=0):
+    def __init__(self, learn,     # the `Learner` to resume
+                 name,            # the checkpoint's name or path
+                 n_epoch,         # the fit's number of epochs, the same as in the interrupted fit
+                 start_epoch=0):  # must be 0: the checkpoint says where to start again
         if start_epoch: raise ValueError(f"pass resume or start_epoch, not both: the checkpoint says where the fit starts again "
                                          f"(got start_epoch={start_epoch!r})")
         self._learner, self._name = learn, name

@@ -24,7 +24,7 @@ def rng_states():
     except ImportError: pass
     return states
 
-def set_rng_states(states):
+def set_rng_states(states):  # a dict returned by `rng_states`
     "Restore random number generator states saved by `rng_states`."
     random.setstate(tuple(states['python'][:1]) + (tuple(states['python'][1]),) + tuple(states['python'][2:]))
     torch.set_rng_state(states['torch'].cpu())

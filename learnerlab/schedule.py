@@ -31,7 +31,7 @@ def _check_end(x, name):
     if isinstance(x, torch.Tensor) and x.ndim == 1: return [float(v) for v in x]
     return _check_number(x, name)
 
-def check_pos(pos):
+def check_pos(pos):  # a number or a one-element tensor
     "`pos` as a float in [0, 1], or a `ValueError` saying what was wrong."
     if isinstance(pos, torch.Tensor) and pos.numel() == 1: pos = pos.item()
     pos = _check_number(pos, 'pos')
@@ -41,7 +41,8 @@ def check_pos(pos):
 # %% ../nbs/05_schedule.ipynb #2ddc8564
 class Annealer:
     "A value that moves from `start` to `end` as `pos` goes from 0 to 1 (subclasses define `anneal`)."
-    def __init__(self, start, end):
+    def __init__(self, start,  # the value at position 0: a number, or a list with one per parameter group
+                 end):         # the value at position 1: a number, or a list as long as `start`
         self.start, self.end = _check_end(start, 'start'), _check_end(end, 'end')
         if isinstance(self.start, list) != isinstance(self.end, list) or (
                 isinstance(self.start, list) and len(self.start) != len(self.end)):
@@ -73,7 +74,8 @@ class SchedNo(Annealer):
 # %% ../nbs/05_schedule.ipynb #757e860b
 class SchedExp(Annealer):
     "Exponential from `start` to `end`: equal ratios over equal steps (both ends must be > 0)."
-    def __init__(self, start, end):
+    def __init__(self, start,  # the value at position 0 (> 0): a number, or a list with one per parameter group
+                 end):         # the value at position 1 (> 0): a number, or a list as long as `start`
         super().__init__(start, end)
         starts = self.start if isinstance(self.start, list) else [self.start]
         ends = self.end if isinstance(self.end, list) else [self.end]
@@ -85,7 +87,9 @@ class SchedExp(Annealer):
 # %% ../nbs/05_schedule.ipynb #9bb1aba6
 class SchedPoly(Annealer):
     "From `start` to `end` along `pos**power` (`power=1` is linear, `power=2` starts slowly)."
-    def __init__(self, start, end, power):
+    def __init__(self, start,  # the value at position 0: a number, or a list with one per parameter group
+                 end,          # the value at position 1: a number, or a list as long as `start`
+                 power):       # the exponent of `pos`: above 1 starts slowly, below 1 quickly
         super().__init__(start, end)
         self.power = _check_number(power, 'power')
     def anneal(self, start, end, pos): return start + pos**self.power * (end-start)
@@ -112,12 +116,16 @@ class CombinedSched:
 
     def __repr__(self): return f"CombinedSched({self.pcts}, {self.scheds})"
 
-def combine_scheds(pcts, scheds):
+def combine_scheds(pcts,     # the fraction of training each schedule covers, >= 0 and adding up to 1
+                   scheds):  # the schedules, functions of a position in [0, 1], as many as `pcts`
     "One schedule made of `scheds`, the `i`-th one covering the fraction `pcts[i]` of training."
     return CombinedSched(pcts, scheds)
 
 # %% ../nbs/05_schedule.ipynb #1e34086d
-def combined_cos(pct, start, middle, end):
+def combined_cos(pct,     # the fraction of training of the first half-cosine, in [0, 1]
+                 start,   # the value at the start: a number, or a list per parameter group
+                 middle,  # the value reached after the fraction `pct`
+                 end):    # the value at the end
     "Cosine from `start` to `middle` over the fraction `pct` of training, then cosine to `end`."
     return combine_scheds([pct, 1-pct], [SchedCos(start, middle), SchedCos(middle, end)])
 
@@ -213,7 +221,7 @@ def plot_lr_find(lrs, losses, suggestions=None, ax=None):
 class ParamScheduler(Callback):
     "Before each training batch, set each hyper-parameter named in `scheds` to its schedule's value at `pct_train`."
     order = 1
-    def __init__(self, scheds):
+    def __init__(self, scheds):  # a dict hyper-parameter name -> schedule of the training position, e.g. `{'lr': SchedCos(1e-3, 0)}`
         if not isinstance(scheds, dict) or not scheds:
             raise TypeError(f"scheds must be a non-empty dict hyper-name -> schedule, e.g. {{'lr': SchedCos(1e-3, 0)}}, "
                             f"got {scheds!r}")
@@ -258,8 +266,17 @@ def _check_moms(moms):
 
 # %% ../nbs/05_schedule.ipynb #5af45d3e
 @patch
-def fit_one_cycle(self:Learner, n_epoch, lr_max=None, div=25., div_final=1e5, pct_start=0.25, wd=None, moms=None,
-                  cbs=None, reset_opt=False, start_epoch=0, resume=None):
+def fit_one_cycle(self:Learner, n_epoch,  # the number of epochs of the cycle
+                  lr_max=None,            # the peak learning rate (if None, the learner's `lr`): a number, a list per group, or a `slice(lo, hi)`
+                  div=25.,                # the learning rate starts at `lr_max/div`
+                  div_final=1e5,          # and ends at `lr_max/div_final`
+                  pct_start=0.25,         # the fraction of training spent warming up, in [0, 1]
+                  wd=None,                # the weight decay; if None, the learner's
+                  moms=None,              # momentum at the start, the peak and the end, when the optimizer has one; if None, the learner's
+                  cbs=None,               # callbacks (one or a list, instances or classes) for this fit only
+                  reset_opt=False,        # create a new optimizer, forgetting its state
+                  start_epoch=0,          # the epoch to begin at, the schedule where it would be then
+                  resume=None):           # the name or path of a checkpoint taken in the same call, to continue it exactly
     "Fit `n_epoch` epochs with the 1cycle policy: cosine warm-up of lr to `lr_max` and down, momentum the inverse."
     if not 0 <= pct_start <= 1: raise ValueError(f"pct_start must be in [0, 1] (the warm-up fraction), got {pct_start}")
     for name, v, default in (('div', div, 25.), ('div_final', div_final, 1e5)):
@@ -275,8 +292,15 @@ def fit_one_cycle(self:Learner, n_epoch, lr_max=None, div=25., div_final=1e5, pc
 
 # %% ../nbs/05_schedule.ipynb #cf5feffa
 @patch
-def fit_flat_cos(self:Learner, n_epoch, lr=None, div_final=1e5, pct_start=0.75, wd=None, cbs=None, reset_opt=False,
-                 start_epoch=0, resume=None):
+def fit_flat_cos(self:Learner, n_epoch,  # the number of epochs
+                 lr=None,                # the flat learning rate (if None, the learner's `lr`): a number, a list per group, or a `slice(lo, hi)`
+                 div_final=1e5,          # the learning rate ends at `lr/div_final`
+                 pct_start=0.75,         # the fraction of training at the flat rate, in [0, 1]
+                 wd=None,                # the weight decay; if None, the learner's
+                 cbs=None,               # callbacks (one or a list, instances or classes) for this fit only
+                 reset_opt=False,        # create a new optimizer, forgetting its state
+                 start_epoch=0,          # the epoch to begin at, the schedule where it would be then
+                 resume=None):           # the name or path of a checkpoint taken in the same call, to continue it exactly
     "Fit `n_epoch` epochs at a flat `lr` for the first `pct_start` of training, then cosine down to `lr/div_final`."
     if not 0 <= pct_start <= 1: raise ValueError(f"pct_start must be in [0, 1] (the flat fraction), got {pct_start}")
     lr = _per_group(self, self.lr if lr is None else lr)
@@ -286,8 +310,15 @@ def fit_flat_cos(self:Learner, n_epoch, lr=None, div_final=1e5, pct_start=0.75, 
 
 # %% ../nbs/05_schedule.ipynb #d1acd8e8
 @patch
-def fit_sgdr(self:Learner, n_cycles, cycle_len, lr_max=None, cycle_mult=2, wd=None, cbs=None, reset_opt=False,
-             start_epoch=0, resume=None):
+def fit_sgdr(self:Learner, n_cycles,  # the number of cosine cycles, an int >= 1
+             cycle_len,               # the length of the first cycle, in epochs
+             lr_max=None,             # the rate at the start of each cycle (if None, the learner's `lr`): a number, a list per group, or a `slice(lo, hi)`
+             cycle_mult=2,            # each cycle is `cycle_mult` times as long as the one before
+             wd=None,                 # the weight decay; if None, the learner's
+             cbs=None,                # callbacks (one or a list, instances or classes) for this fit only
+             reset_opt=False,         # create a new optimizer, forgetting its state
+             start_epoch=0,           # the epoch to begin at, the schedule where it would be then
+             resume=None):            # the name or path of a checkpoint taken in the same call, to continue it exactly
     "Fit `n_cycles` cosine cycles from `lr_max` to 0, the first `cycle_len` epochs long, each next `cycle_mult` times longer."
     for name, v in (('n_cycles', n_cycles), ('cycle_len', cycle_len), ('cycle_mult', cycle_mult)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be an int >= 1, got {v!r}")
@@ -341,7 +372,12 @@ def _trim(lrs, losses):
     return lrs[keep], losses[keep]
 
 @patch
-def lr_find(self:Learner, start_lr=1e-7, end_lr=10, num_it=100, stop_div=True, show_plot=True, suggest_funcs=(valley,)):
+def lr_find(self:Learner, start_lr=1e-7,  # the learning rate of the first batch
+            end_lr=10,                    # the learning rate reached at batch `num_it`
+            num_it=100,                   # the number of batches of the sweep, at least 2
+            stop_div=True,                # stop once the smoothed loss is over 4 times its best, or not finite
+            show_plot=True,               # plot the loss against the learning rate, with the suggestions
+            suggest_funcs=(valley,)):     # the suggestions to make, some of `minimum`, `steep`, `valley` and `slide`
     "Sweep the learning rate exponentially for `num_it` batches, restore the learner, return the suggested rates."
     finder = LRFinder(start_lr, end_lr, num_it, stop_div)
     for f in suggest_funcs:

@@ -177,7 +177,8 @@ class RNNRegularizer(Callback):
 class GradientClip(Callback):
     "Clip the gradients' global `norm_type` norm to `max_norm` before each optimizer step."
     order, run_after = 20, (MixedPrecision,)
-    def __init__(self, max_norm=1., norm_type=2.):
+    def __init__(self, max_norm=1.,  # the largest norm the gradients (all together) may have, > 0
+                 norm_type=2.):      # the order of the norm: 2 for Euclidean, `math.inf` for the largest value
         if not max_norm > 0: raise ValueError(f"max_norm must be > 0, got {max_norm}")
         self.max_norm, self.norm_type = max_norm, norm_type
     def before_step(self):
@@ -187,7 +188,7 @@ class GradientClip(Callback):
 class GradientAccumulation(Callback):
     "Accumulate gradients and step only once every `n_acc` items; the loss is scaled by `bs/n_acc` for the backward."
     order, run_before = 5, (MixedPrecision,)
-    def __init__(self, n_acc=32):
+    def __init__(self, n_acc=32):  # the number of items (not batches) whose gradients add up before each step
         if isinstance(n_acc, bool) or not isinstance(n_acc, int) or n_acc < 1:
             raise ValueError(f"n_acc must be an int >= 1 (items per optimizer step), got {n_acc!r}")
         self.n_acc, self.count, self._loss = n_acc, 0, None
@@ -247,7 +248,11 @@ class TrackerCallback(Callback):
 # %% ../nbs/06_callbacks.ipynb #7c93e3e3
 class EarlyStoppingCallback(TrackerCallback):
     "Stop training when `monitor` has not improved by more than `min_delta` for `patience` epochs."
-    def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, reset_on_fit=True):
+    def __init__(self, monitor='valid_loss',  # the column of the results table to watch, e.g. 'valid_loss' or a metric's name
+                 comp=None,                   # `comp(a, b)`: is `a` better than `b`? If None, lower is better for losses and errors, else higher
+                 min_delta=0.,                # the least change that counts as an improvement
+                 patience=1,                  # the number of epochs without improvement before stopping
+                 reset_on_fit=True):          # forget the best value at the start of each fit
         super().__init__(monitor, comp, min_delta, reset_on_fit)
         self.patience = patience
     def before_fit(self):
@@ -269,8 +274,15 @@ def _check_every(name, v, kind):
 
 class SaveModelCallback(TrackerCallback):
     "Save the model to `fname` when `monitor` improves (or every epoch) and reload the best at the end; keep `{fname}_last` to resume from."
-    def __init__(self, monitor='valid_loss', comp=None, min_delta=0., fname='model', every_epoch=False,
-                 with_opt=None, reset_on_fit=True, every_n_batches=None, every_seconds=None):
+    def __init__(self, monitor='valid_loss',  # the column of the results table to watch, e.g. 'valid_loss' or a metric's name
+                 comp=None,                   # `comp(a, b)`: is `a` better than `b`? If None, lower is better for losses and errors, else higher
+                 min_delta=0.,                # the least change that counts as an improvement
+                 fname='model',               # the checkpoint name: the best model is `fname`, the others `fname_{epoch}` and `fname_last`
+                 every_epoch=False,           # save `fname_{epoch}` after every epoch, instead of the best model
+                 with_opt=None,               # save the optimizer state too; if None, in every checkpoint but the best model
+                 reset_on_fit=True,           # forget the best value at the start of each fit
+                 every_n_batches=None,        # also save `fname_last` (to resume from) every this many training batches
+                 every_seconds=None):         # also save `fname_last` once this many seconds have passed since the last save
         super().__init__(monitor, comp, min_delta, reset_on_fit)
         self.fname, self.every_epoch, self.with_opt = fname, every_epoch, with_opt
         self.every_n_batches = _check_every('every_n_batches', every_n_batches, int)
@@ -316,8 +328,13 @@ class SaveModelCallback(TrackerCallback):
 # %% ../nbs/06_callbacks.ipynb #f798dc32
 class ReduceLROnPlateau(TrackerCallback):
     "Divide the learning rate by `factor` (not below `min_lr`) when `monitor` has not improved for `patience` epochs."
-    def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, factor=10., min_lr=0,
-                 reset_on_fit=True):
+    def __init__(self, monitor='valid_loss',  # the column of the results table to watch, e.g. 'valid_loss' or a metric's name
+                 comp=None,                   # `comp(a, b)`: is `a` better than `b`? If None, lower is better for losses and errors, else higher
+                 min_delta=0.,                # the least change that counts as an improvement
+                 patience=1,                  # the number of epochs without improvement before each reduction
+                 factor=10.,                  # the learning rate is divided by this number, > 1
+                 min_lr=0,                    # the learning rate never goes below this
+                 reset_on_fit=True):          # forget the best value at the start of each fit
         super().__init__(monitor, comp, min_delta, reset_on_fit)
         if not factor > 1: raise ValueError(f"factor must be > 1 (the lr is divided by it), got {factor}")
         self.patience, self.factor, self.min_lr = patience, factor, min_lr
@@ -337,7 +354,9 @@ class ReduceLROnPlateau(TrackerCallback):
 class CSVLogger(Callback):
     "Write the results table, one row per epoch, to the CSV file `learn.path/fname` (appending if `append`)."
     order, watches_results = 56, True
-    def __init__(self, fname='history.csv', append=False): self.fname, self.append = fname, append
+    def __init__(self, fname='history.csv',  # the file's name or path, relative to `learn.path`
+                 append=False):              # add the rows to an existing file instead of writing a new one
+        self.fname, self.append = fname, append
 
     @property
     def path(self): return Path(self.learn.path)/self.fname

@@ -27,7 +27,7 @@ def _check_resnet(arch):
         raise ValueError(f"arch must be a torchvision ResNet function such as resnet18, resnet34 or resnet50, got {arch!r}")
     return weights
 
-def pretrained_state_dict(arch):
+def pretrained_state_dict(arch):  # a torchvision ResNet function, e.g. `resnet18`, `resnet34` or `resnet50`
     "ImageNet weights of torchvision ResNet `arch` from the hub cache or its URL; a clear error when unreachable."
     w = _check_resnet(arch).DEFAULT
     try: return torch.hub.load_state_dict_from_url(w.url, progress=True, check_hash=True, weights_only=True)
@@ -37,7 +37,8 @@ def pretrained_state_dict(arch):
                            f"network access, or pass pretrained=False to train from random weights.") from e
 
 # %% ../nbs/08_vision.ipynb #17ce2a95
-def create_body(arch, pretrained=False):
+def create_body(arch,               # a torchvision ResNet function, e.g. `resnet18`, `resnet34` or `resnet50`
+                pretrained=False):  # load the ImageNet weights (from the hub cache or the network)
     "The convolutional body of torchvision ResNet `arch` (no pooling, no classifier) and its output channels."
     _check_resnet(arch)
     model = arch(weights=None)
@@ -49,7 +50,10 @@ class AvgMaxPool(nn.Module):
     "Average and max pooling to 1x1, concatenated along channels and flattened: (bs, c, h, w) -> (bs, 2c)."
     def forward(self, x): return torch.cat([x.mean((2, 3)), x.amax((2, 3))], dim=1)
 
-def create_head(nf, n_out, hidden=512, p=0.25):
+def create_head(nf,          # the number of channels the body outputs
+                n_out,       # the number of outputs (classes), a positive int
+                hidden=512,  # the width of the hidden linear layer
+                p=0.25):     # the dropout probability before the last layer (half of it before the first)
     "A classifier head for `nf` body channels: avg+max pool, then BN-dropout-linear twice, ending in `n_out` outputs."
     if isinstance(n_out, bool) or not isinstance(n_out, int) or n_out < 1: raise ValueError(f"n_out must be a positive int (the number of classes), got {n_out!r}")
     head = nn.Sequential(AvgMaxPool(), nn.BatchNorm1d(2 * nf), nn.Dropout(p / 2), nn.Linear(2 * nf, hidden, bias=False),
@@ -59,12 +63,18 @@ def create_head(nf, n_out, hidden=512, p=0.25):
     return head
 
 # %% ../nbs/08_vision.ipynb #64b37dcb
-def body_head_splitter(model):
+def body_head_splitter(model):  # an `nn.Sequential(body, head)`
     "Two parameter groups for a `nn.Sequential(body, head)` model: the body's parameters, then the head's."
     return [list(model[0].parameters()), list(model[1].parameters())]
 
 # %% ../nbs/08_vision.ipynb #75f7ac6f
-def vision_learner(dls, arch, pretrained=False, metrics=None, n_out=None, loss_func=None, **kwargs):
+def vision_learner(dls,               # a `DataLoaders` of images (e.g. from `get_data`)
+                   arch,              # a torchvision ResNet function, e.g. `resnet18`, `resnet34` or `resnet50`
+                   pretrained=False,  # start from the ImageNet weights, with the body frozen
+                   metrics=None,      # `metric(pred, *yb)` functions or `Metric`s (one or a list)
+                   n_out=None,        # the number of classes; if None, `dls.c`
+                   loss_func=None,    # the loss; if None, the `Learner`'s default (cross-entropy for `dls.c` classes)
+                   **kwargs):         # more arguments for `Learner`, e.g. `opt_func`, `lr` or `cbs`
     "A `Learner` on a torchvision ResNet `arch` body with a new head for `dls.c` classes; frozen body if `pretrained`."
     n_out = getattr(dls, 'c', None) if n_out is None else n_out
     if n_out is None: raise ValueError("the number of classes is unknown: build dls with get_data (it sets dls.c) or pass n_out=")

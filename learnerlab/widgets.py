@@ -83,7 +83,11 @@ def figure_png(
 # %% ../nbs/02_widgets.ipynb #5aa3cca6
 class Explorer:
     "Base of the explorers: `controls` whose changes call `redraw`, which redraws `fig` and the `image` widget."
-    def __init__(self, controls, figsize=(8, 4)):
+    def __init__(
+        self,
+        controls,        # the ipywidgets whose changes redraw the figure
+        figsize=(8, 4),  # the figure's size in inches, `(width, height)`
+    ):
         import ipywidgets as widgets
         from matplotlib.figure import Figure
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -125,7 +129,13 @@ class Explorer:
 # %% ../nbs/02_widgets.ipynb #81284bf4
 class EwmaExplorer(Explorer):
     "Raw values, their EWMA and the debiased EWMA, with controls `beta`, `signal` and `n`."
-    def __init__(self, beta=0.9, signal='noisy', n=100, seed=0):
+    def __init__(
+        self,
+        beta=0.9,        # the starting value of the `beta` slider, in [0, 1)
+        signal='noisy',  # the signal to average, one of `SIGNALS`
+        n=100,           # the number of values
+        seed=0,          # the random seed of the 'noisy' signal
+    ):
         import ipywidgets as widgets
         check_beta(beta)
         make_signal(signal, n)
@@ -212,7 +222,16 @@ def lr_steps(
 # %% ../nbs/02_widgets.ipynb #99e799cc
 class OptimizerPathExplorer(Explorer):
     "Paths of SGD, SGD with momentum, RMSProp and Adam on `loss_fn`, with a learning rate per optimizer and shared hypers."
-    def __init__(self, start=(-4.5, 1.), steps=50, mom=0.9, sqr_mom=0.99, eps=1e-5, lrs=None, loss_fn=canyon):
+    def __init__(
+        self,
+        start=(-4.5, 1.),  # where every path starts, `(x, y)`
+        steps=50,          # the number of steps of each optimizer
+        mom=0.9,           # shared: SGD with momentum's `mom` and Adam's `beta1`
+        sqr_mom=0.99,      # shared: RMSProp's and Adam's `beta2`
+        eps=1e-5,          # shared: RMSProp's and Adam's `eps`
+        lrs=None,          # learning rates by optimizer name, over `PATH_DEFAULT_LRS`
+        loss_fn=canyon,    # the loss surface
+    ):
         import ipywidgets as widgets
         check_beta(mom, 'mom'); check_beta(sqr_mom, 'sqr_mom')
         lrs = {**PATH_DEFAULT_LRS, **(lrs or {})}
@@ -312,7 +331,14 @@ def one_cycle_curves(
 # %% ../nbs/02_widgets.ipynb #7365d52d
 class ScheduleExplorer(Explorer):
     "One-cycle learning rate and momentum curves, with sliders `lr_max`, `div`, `div_final`, `pct_start` and `moms`."
-    def __init__(self, lr_max=1e-3, div=25., div_final=1e5, pct_start=0.25, moms=(0.95, 0.85, 0.95)):
+    def __init__(
+        self,
+        lr_max=1e-3,              # the starting peak learning rate
+        div=25.,                  # the learning rate starts at `lr_max/div`
+        div_final=1e5,            # and ends at `lr_max/div_final`
+        pct_start=0.25,           # the fraction of training spent warming up
+        moms=(0.95, 0.85, 0.95),  # momentum at the start, at the peak and at the end
+    ):
         import ipywidgets as widgets
         one_cycle_curves(lr_max, div, div_final, pct_start, moms)
         self.lr_max = widgets.FloatLogSlider(value=lr_max, base=10, min=-5, max=0, step=0.1, readout_format='.2g', description='lr_max')
