@@ -17,6 +17,7 @@ from torch import nn
 from fastcore.basics import patch
 
 from .callback import *
+from .callback_host import *
 from .dataloaders import *
 from .dataloaders import _check_dl
 from .train_eval import *
@@ -26,15 +27,8 @@ from .rng import rng_states
 from .optimizer import Adam, SGD, norm_bias_params
 from .learner_checks import _default_loss, _check_opt_func, _check_groups, _warn_if_empty, _check_epochs, _loss_error
 
-# %% ../nbs/04_learner.ipynb #6555ef22
-def _as_callback(cb):
-    "`cb` if it is a `Callback`; an instance if it is a `Callback` class; else a clear error."
-    if isinstance(cb, type) and issubclass(cb, Callback): return cb()
-    if isinstance(cb, Callback): return cb
-    raise TypeError(f"callbacks must be Callback instances or Callback classes, got {cb!r}")
-
 # %% ../nbs/04_learner.ipynb #3d522ead
-class Learner:
+class Learner(CallbackHost):
     "The training loop: model, data, loss, optimizer factory, and the callbacks it calls at each event."
     default_cbs = (TrainEvalCallback, Recorder, ProgressCallback)
 
@@ -103,11 +97,6 @@ class Learner:
             except Exception as e:
                 name_source(e, handler, event)
                 raise
-
-    @property
-    def cbs(self):
-        "The attached callbacks, in the order they run."
-        return tuple(self._cbs)
 
     @property
     def smooth_loss(self):
@@ -269,69 +258,6 @@ def _not_scalar(loss):
     return ValueError(f"loss_func returned {what}; it must return a scalar tensor: use a mean reduction "
                       f"(e.g. nn.CrossEntropyLoss() rather than reduction='none') or reduce it in loss_func")
 
-# %% ../nbs/04_learner.ipynb #b76d37ad
-@patch
-def add_cb(self:Learner, cb):  # a `Callback` instance, or a class to instantiate
-    "Attach callback `cb` (an instance or a class) and expose it as `learn.<cb.name>`; return it."
-    cb = _as_callback(cb)
-    name, current = cb.name, self.__dict__.get(cb.name)
-    if isinstance(current, Callback):
-        raise ValueError(f"a callback named {name!r} ({current!r}) is already attached; "
-                         f"remove it first with learn.remove_cb(learn.{name})")
-    if current is not None or hasattr(type(self), name):
-        raise ValueError(f"callback {cb!r} would be exposed as learn.{name}, which is a Learner attribute: rename the class")
-    cbs = sort_callbacks(self._cbs + [cb])
-    step_methods(cbs)                    # two callbacks replacing the same step: an error before anything changes
-    cb.learn = self
-    setattr(self, name, cb)
-    self._cbs = cbs
-    self._rebuild_dispatch()
-    return cb
-
-@patch
-def add_cbs(self:Learner, cbs):  # a list of `Callback` instances or classes
-    "Attach each callback of `cbs`; return them (classes instantiated)."
-    return [self.add_cb(cb) for cb in cbs]
-
-@patch
-def remove_cb(self:Learner, cb):  # an attached `Callback`, or a class: every attached callback of that class
-    "Detach callback `cb`, or every callback of class `cb`."
-    gone = [c for c in self._cbs if isinstance(c, cb)] if isinstance(cb, type) else [cb]
-    for c in gone:
-        if c not in self._cbs: raise ValueError(f"{c!r} is not attached to this learner")
-        self._cbs = [o for o in self._cbs if o is not c]
-        if self.__dict__.get(c.name) is c: delattr(self, c.name)
-        c.learn = None
-    self._rebuild_dispatch()
-
-@patch
-def remove_cbs(self:Learner, cbs):  # a list of attached callbacks (or classes)
-    "Detach each callback of `cbs`."
-    for cb in cbs: self.remove_cb(cb)
-
-# %% ../nbs/04_learner.ipynb #e0add878
-@patch
-@contextmanager
-def added_cbs(self:Learner, cbs):  # a `Callback` or a list of them (instances or classes); None adds nothing
-    "Context manager: `cbs` attached inside the block, detached after it."
-    cbs = [] if cbs is None else list(cbs) if isinstance(cbs, (list, tuple)) else [cbs]
-    added = []
-    try:
-        for cb in cbs: added.append(self.add_cb(cb))
-        yield added
-    finally: self.remove_cbs([cb for cb in added if cb in self._cbs])
-
-@patch
-@contextmanager
-def removed_cbs(self:Learner, cbs):  # a list of attached callbacks
-    "Context manager: `cbs` detached inside the block, attached again after it."
-    cbs = list(cbs)
-    self.remove_cbs(cbs)
-    try: yield cbs
-    finally:
-        for cb in cbs:
-            if cb not in self._cbs: self.add_cb(cb)
-
 # %% ../nbs/04_learner.ipynb #f51bc95f
 @patch
 def create_opt(self:Learner):
@@ -399,14 +325,6 @@ def freeze(self:Learner):
 def unfreeze(self:Learner):
     "Train every parameter group."
     self.freeze_to(0)
-
-# %% ../nbs/04_learner.ipynb #b215f0b3
-@patch
-def show_training_loop(self:Learner, cbs=None):  # extra callbacks (one or a list) to show too; if None, the last fit's own
-    "Print each event of the loop with the callbacks that run at it, including `cbs` (default: the last fit's own), marked *."
-    extra = list(self.fit_cbs) if cbs is None else [_as_callback(c) for c in (cbs if isinstance(cbs, (list, tuple)) else [cbs])]
-    print_loop(sort_callbacks(self._cbs + [c for c in extra if c not in self._cbs]), marked=extra)
-    if extra: print('* for one fit only')
 
 # %% ../nbs/04_learner.ipynb #42a8d062
 @patch
