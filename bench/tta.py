@@ -3,6 +3,7 @@
     python bench/tta.py                              # resnet18, 64 px, 200/50 images per class, 2 epochs, 2 rounds
     python bench/tta.py --per-class 50 --valid-per-class 20 --epochs 1 --rounds 1   # a quick look
     python bench/tta.py --cases plain,learnerlab,all  # the plain loop, learnerlab, learnerlab with every speed switch
+    python bench/tta.py --cases plain,bf16,bf16+channels_last   # switches combined with '+'
     python bench/tta.py --data ~/imagenette2-224sq   # an extracted folder instead of the shared archive
 
 Both sides train a torchvision resnet18 from scratch on the same files (the first N images of each class
@@ -112,11 +113,18 @@ def run_one(case, args):
     model = torchvision.models.resnet18(num_classes=n_cls)
     faults0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
     if case == 'plain': acc = plain_fit(model, train_dl, valid_dl, args)
-    else: acc = learnerlab_fit(model, train_dl, valid_dl, args, FEATURES if case == 'all' else (case,))
+    else: acc = learnerlab_fit(model, train_dl, valid_dl, args, case_features(case))
     secs = time.perf_counter() - t0
     n_img = args.epochs * len(train_dl) * args.bs
     print(json.dumps(dict(case=case, secs=secs, img_s=n_img / secs, acc=acc,
                           faults=resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0)))
+
+
+def case_features(case):
+    "The speed switches of a learnerlab case: none, one, several joined by '+', or all of them."
+    return {'learnerlab': (), 'all': FEATURES}.get(case, tuple(case.split('+')))
+
+def valid_case(case): return case in CASES or all(f in FEATURES for f in case.split('+'))
 
 
 def child_args(args):
@@ -160,12 +168,12 @@ def main():
     ap.add_argument('--rounds', type=int, default=2, help='interleaved rounds of every case')
     ap.add_argument('--cases', default='plain,learnerlab,channels_last,bf16,compile,threads,all',
                     help=f"comma-separated, from {', '.join(CASES)}; learnerlab cases add one speed switch each, "
-                         "'all' every switch")
-    ap.add_argument('--one', choices=CASES, help=argparse.SUPPRESS)
+                         "several joined by '+' (e.g. bf16+channels_last), 'all' every switch")
+    ap.add_argument('--one', help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one: return run_one(args.one, args)
     cases = [c.strip() for c in args.cases.split(',')]
-    if 'plain' not in cases or not set(cases) <= set(CASES):
+    if 'plain' not in cases or not all(valid_case(c) for c in cases):
         sys.exit(f"--cases must include 'plain' (the reference) and name only {', '.join(CASES)}; got {args.cases!r}")
     image_folders(args.data, args.cache)   # extract once, before any timed run
     print(f'resnet18 from scratch, {args.size} px, bs {args.bs}, {args.epochs} epoch(s), lr {args.lr}, '
