@@ -243,15 +243,21 @@ def load_state_dict(self:Recorder, sd):
 # %% ../nbs/03a_recorder.ipynb #7a5b1de2
 @patch
 def plot_loss(self:Recorder, skip_start=5, with_valid=True):
-    "Plot the smoothed training losses (after the first `skip_start` batches) and the validation losses."
+    "Plot the smoothed training losses (after the first `skip_start` batches, all of them if there are no more) and the validation losses."
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots()
+    from matplotlib.ticker import MaxNLocator
     losses = [_item(l) for l in self.losses]
+    if not losses: raise ValueError("nothing recorded yet: plot_loss needs a fit first")
+    fig, ax = plt.subplots()
+    if skip_start >= len(losses):
+        ax.set_title(f'all {len(losses)} batches: skip_start={skip_start} would leave none', fontsize=10)
+        skip_start = 0
     ax.plot(range(skip_start, len(losses)), losses[skip_start:], label='train')
     if with_valid and self.values:
         pts = [(it, v[1]) for it, v in zip(self.iters, self.values) if v[1] is not None]
         if pts: ax.plot(*zip(*pts), 'o-', label='valid')
     ax.set_xlabel('batch'); ax.set_ylabel('loss'); ax.legend()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return ax
 
 def _hp_text(v): return f'{v:g}' if isinstance(v, float) else str(v)
