@@ -67,14 +67,20 @@ def results_table(results):
 
 # %% ../nbs/10_training_process.ipynb #b4e729c5
 def plot_losses(results, skip_start=5):
-    "A `Figure` with the smoothed training loss of each result against the batch number."
-    fig = Figure(figsize=(7, 4))
+    "A `Figure` with the smoothed training loss of each result against the batch number (from `skip_start`, or 0 for runs too short)."
+    from matplotlib.ticker import MaxNLocator
+    fig = Figure(figsize=(7, 4), layout='constrained')
     ax = fig.subplots()
+    n = max((len(r['recorder'].losses) for r in results), default=0)
+    if skip_start >= n:
+        ax.set_title(f'all {n} batches: skip_start={skip_start} would leave none', fontsize=10)
+        skip_start = 0
     for r in results:
         losses = [float(l) for l in r['recorder'].losses]
-        ax.plot(range(skip_start, len(losses)), losses[skip_start:], label=r['optimizer'])
+        ax.plot(range(skip_start, len(losses)), losses[skip_start:], label=r['optimizer'], marker='o' if n <= 10 else None)
     ax.set_xlabel('batch'); ax.set_ylabel('smoothed training loss'); ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if n <= 10: ax.set_xlim(-0.5, n - 0.5)
     return fig
 
 def _same_curve(a, b): return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12) for x, y in zip(a, b))
@@ -102,14 +108,17 @@ def plot_schedules(results, keys=('lr', 'mom')):
     axs = fig.subplots(1, len(keys), squeeze=False)[0]
     for ax, (k, groups, missing) in zip(axs, panels):
         for i, (vals, names) in enumerate(groups):
-            ax.plot(range(len(vals)), vals, _STYLES[i % len(_STYLES)], color=f'C{i}', lw=1.8, label='\n'.join(names))
+            ax.plot(range(len(vals)), vals, _STYLES[i % len(_STYLES)], color=f'C{i}', lw=1.8, label='\n'.join(names),
+                    marker='o' if len(vals) <= 10 else None)        # a short run's few points stay visible
         log = k == 'lr' and groups and all(v > 0 for vals, _ in groups for v in vals)
         if log: ax.set_yscale('log')
         handles = list(ax.get_lines())
         if missing: handles.append(Line2D([], [], linestyle='none', label='not recorded:\n' + '\n'.join(missing)))
         ax.legend(handles=handles, fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.15), ncols=2)
         ax.set_title(f'{k} (log scale)' if log else k); ax.set_xlabel('batch')
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        n = max((len(vals) for vals, _ in groups), default=1)
+        if n <= 10: ax.set_xlim(-0.5, n - 0.5)
     fig.suptitle('runs with the same schedule share a line', fontsize=9)
     return fig
 

@@ -245,20 +245,25 @@ def load_state_dict(self:Recorder, sd):
 def plot_loss(self:Recorder, skip_start=5, with_valid=True):
     "Plot the smoothed training losses (after the first `skip_start` batches, all of them if there are no more) and the validation losses."
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
     losses = [_item(l) for l in self.losses]
     if not losses: raise ValueError("nothing recorded yet: plot_loss needs a fit first")
     fig, ax = plt.subplots()
     if skip_start >= len(losses):
         ax.set_title(f'all {len(losses)} batches: skip_start={skip_start} would leave none', fontsize=10)
         skip_start = 0
-    ax.plot(range(skip_start, len(losses)), losses[skip_start:], label='train')
+    ax.plot(range(skip_start, len(losses)), losses[skip_start:], label='train', marker='o' if len(losses) <= 10 else None)
     if with_valid and self.values:
         pts = [(it, v[1]) for it, v in zip(self.iters, self.values) if v[1] is not None]
         if pts: ax.plot(*zip(*pts), 'o-', label='valid')
-    ax.set_xlabel('batch'); ax.set_ylabel('loss'); ax.legend()
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel('loss'); ax.legend()
+    _batch_axis(ax, len(losses))
     return ax
+
+def _batch_axis(ax, n):
+    "Whole batch numbers on the x axis; a short fit's few points get room around them."
+    from matplotlib.ticker import MaxNLocator
+    ax.set_xlabel('batch'); ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if n <= 10: ax.set_xlim(-0.5, n - 0.5)
 
 def _hp_text(v): return f'{v:g}' if isinstance(v, float) else str(v)
 
@@ -266,7 +271,6 @@ def _hp_text(v): return f'{v:g}' if isinstance(v, float) else str(v)
 def plot_sched(self:Recorder, keys=None, ncols=3, panel_size=(4.5, 3)):
     "Plot the hyper-parameters that change during the fit (or those in `keys`) against the batch number; return the axes."
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
     hps = self.hps
     if not hps: raise ValueError("nothing recorded yet: plot_sched needs a fit first")
     if keys is None:
@@ -284,8 +288,8 @@ def plot_sched(self:Recorder, keys=None, ncols=3, panel_size=(4.5, 3)):
     axs = list(axs.flat)
     for ax in axs[len(keys):]: ax.remove()
     for ax, k in zip(axs, keys):
-        ax.plot(range(len(hps[k])), hps[k]); ax.set_title(k); ax.set_xlabel('batch')
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.plot(range(len(hps[k])), hps[k], marker='o' if len(hps[k]) <= 10 else None)    # a short fit's points stay visible
+        ax.set_title(k); _batch_axis(ax, len(hps[k]))
     if constant:
         note = 'constant during the fit: ' + ', '.join(f'{k}={_hp_text(v)}' for k, v in constant.items())
         fig.suptitle(textwrap.fill(note, int(panel_size[0] * ncols * 12)), fontsize=10)
