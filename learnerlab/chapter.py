@@ -6,7 +6,7 @@ Docs: https://learnerlab.github.io/learnerlab/training_process.html.md"""
 
 # %% auto #0
 __all__ = ['DATA_CHOICES', 'EXPERIMENTS', 'ARCHS', 'chapter_data', 'chapter_learner', 'result_row', 'results_table',
-           'plot_losses', 'plot_schedules', 'run_experiment', 'run_main']
+           'plot_losses', 'schedule_groups', 'plot_schedules', 'run_experiment', 'run_main']
 
 # %% ../nbs/10_training_process.ipynb #8614fcb2
 import math, os, random, sys, time
@@ -79,29 +79,62 @@ def results_table(results):  # result rows, as `result_row` returns them
 
 # %% ../nbs/10_training_process.ipynb #b4e729c5
 def plot_losses(results,        # result rows, as `result_row` returns them
-                skip_start=5):  # the number of first batches not plotted
-    "A `Figure` with the smoothed training loss of each result against the batch number."
-    fig = Figure(figsize=(7, 4))
+                skip_start=5):  # the number of first batches not plotted (0 when every run is shorter)
+    "A `Figure` with the smoothed training loss of each result against the batch number (from `skip_start`, or 0 for runs too short)."
+    from matplotlib.ticker import MaxNLocator
+    fig = Figure(figsize=(7, 4), layout='constrained')
     ax = fig.subplots()
+    n = max((len(r['recorder'].losses) for r in results), default=0)
+    if skip_start >= n:
+        ax.set_title(f'all {n} batches: skip_start={skip_start} would leave none', fontsize=10)
+        skip_start = 0
     for r in results:
         losses = [float(l) for l in r['recorder'].losses]
-        ax.plot(range(skip_start, len(losses)), losses[skip_start:], label=r['optimizer'])
+        ax.plot(range(skip_start, len(losses)), losses[skip_start:], label=r['optimizer'], marker='o' if n <= 10 else None)
     ax.set_xlabel('batch'); ax.set_ylabel('smoothed training loss'); ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if n <= 10: ax.set_xlim(-0.5, n - 0.5)
     return fig
 
-def plot_schedules(results):  # result rows, as `result_row` returns them
-    "A `Figure` with the learning rate and the momentum of each result against the batch number."
-    fig = Figure(figsize=(10, 3.5))
-    axs = fig.subplots(1, 2)
+def _same_curve(a, b): return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12) for x, y in zip(a, b))
+
+def schedule_groups(results,  # result rows, as `result_row` returns them
+                    key):      # the name of the hyper-parameter, e.g. 'lr'
+    "The distinct curves of hyper-parameter `key` among `results`: a list of (values per batch, names of the runs with that curve)."
+    groups = []
     for r in results:
-        hps = r['recorder'].hps
-        axs[0].plot(hps.get('lr', []), label=r['optimizer'])
-        if 'mom' in hps: axs[1].plot(hps['mom'], label=r['optimizer'])
-    axs[0].set_title('lr'); axs[0].set_yscale('log'); axs[1].set_title('mom')
-    for ax in axs: ax.set_xlabel('batch')
-    axs[0].legend(fontsize=7)
-    fig.tight_layout()
+        vals = [float(v) for v in r['recorder'].hps.get(key, [])]
+        if not vals: continue
+        for g_vals, names in groups:
+            if _same_curve(g_vals, vals): names.append(r['optimizer']); break
+        else: groups.append((vals, [r['optimizer']]))
+    return groups
+
+_STYLES = ('-', '--', ':', '-.')
+
+def plot_schedules(results,            # result rows, as `result_row` returns them
+                   keys=('lr', 'mom')):  # the hyper-parameters to plot, one panel each
+    "A `Figure`, one panel per hyper-parameter in `keys` against the batch number: one line per distinct curve, its legend naming the runs that follow it."
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+    panels = [(k, schedule_groups(results, k), [r['optimizer'] for r in results if not r['recorder'].hps.get(k)]) for k in keys]
+    n_names = max(sum(len(names) for _, names in groups) + (len(missing) + 1 if missing else 0) for _, groups, missing in panels)
+    fig = Figure(figsize=(5.5 * len(keys), 3.2 + 0.16 * n_names), layout='constrained')
+    axs = fig.subplots(1, len(keys), squeeze=False)[0]
+    for ax, (k, groups, missing) in zip(axs, panels):
+        for i, (vals, names) in enumerate(groups):
+            ax.plot(range(len(vals)), vals, _STYLES[i % len(_STYLES)], color=f'C{i}', lw=1.8, label='\n'.join(names),
+                    marker='o' if len(vals) <= 10 else None)        # a short run's few points stay visible
+        log = k == 'lr' and groups and all(v > 0 for vals, _ in groups for v in vals)
+        if log: ax.set_yscale('log')
+        handles = list(ax.get_lines())
+        if missing: handles.append(Line2D([], [], linestyle='none', label='not recorded:\n' + '\n'.join(missing)))
+        ax.legend(handles=handles, fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.15), ncols=2)
+        ax.set_title(f'{k} (log scale)' if log else k); ax.set_xlabel('batch')
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        n = max((len(vals) for vals, _ in groups), default=1)
+        if n <= 10: ax.set_xlim(-0.5, n - 0.5)
+    fig.suptitle('runs with the same schedule share a line', fontsize=9)
     return fig
 
 # %% ../nbs/10_training_process.ipynb #26ff3434

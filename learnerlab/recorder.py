@@ -8,7 +8,7 @@ Docs: https://learnerlab.github.io/learnerlab/recorder.html.md"""
 __all__ = ['find_bs', 'Metric', 'AvgMetric', 'accuracy', 'error_rate', 'AvgLoss', 'AvgSmoothLoss', 'ValueMetric', 'Recorder']
 
 # %% ../nbs/03a_recorder.ipynb #dff38e06
-import math, time, warnings
+import math, textwrap, time, warnings
 
 import torch
 from fastcore.basics import patch
@@ -257,25 +257,54 @@ def load_state_dict(self:Recorder, sd):
 # %% ../nbs/03a_recorder.ipynb #7a5b1de2
 @patch
 def plot_loss(self:Recorder, skip_start=5, with_valid=True):
-    "Plot the smoothed training losses (after the first `skip_start` batches) and the validation losses."
+    "Plot the smoothed training losses (after the first `skip_start` batches, all of them if there are no more) and the validation losses."
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots()
     losses = [_item(l) for l in self.losses]
-    ax.plot(range(skip_start, len(losses)), losses[skip_start:], label='train')
+    if not losses: raise ValueError("nothing recorded yet: plot_loss needs a fit first")
+    fig, ax = plt.subplots()
+    if skip_start >= len(losses):
+        ax.set_title(f'all {len(losses)} batches: skip_start={skip_start} would leave none', fontsize=10)
+        skip_start = 0
+    ax.plot(range(skip_start, len(losses)), losses[skip_start:], label='train', marker='o' if len(losses) <= 10 else None)
     if with_valid and self.values:
         pts = [(it, v[1]) for it, v in zip(self.iters, self.values) if v[1] is not None]
         if pts: ax.plot(*zip(*pts), 'o-', label='valid')
-    ax.set_xlabel('batch'); ax.set_ylabel('loss'); ax.legend()
+    ax.set_ylabel('loss'); ax.legend()
+    _batch_axis(ax, len(losses))
     return ax
 
+def _batch_axis(ax, n):
+    "Whole batch numbers on the x axis; a short fit's few points get room around them."
+    from matplotlib.ticker import MaxNLocator
+    ax.set_xlabel('batch'); ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if n <= 10: ax.set_xlim(-0.5, n - 0.5)
+
+def _hp_text(v): return f'{v:g}' if isinstance(v, float) else str(v)
+
 @patch
-def plot_sched(self:Recorder, keys=None):
-    "Plot each recorded hyper-parameter (or those in `keys`) against the batch number."
+def plot_sched(self:Recorder, keys=None, ncols=3, panel_size=(4.5, 3)):
+    "Plot the hyper-parameters that change during the fit (or those in `keys`) against the batch number; return the axes."
     import matplotlib.pyplot as plt
-    keys = list(self.hps) if keys is None else list(keys)
-    if not keys: raise ValueError("nothing recorded yet: plot_sched needs a fit first")
-    fig, axs = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
-    for ax, k in zip(axs[0], keys):
-        if k not in self.hps: raise ValueError(f"no hyper-parameter {k!r} recorded: choose from {list(self.hps)}")
-        ax.plot(self.hps[k]); ax.set_title(k)
-    return axs[0]
+    hps = self.hps
+    if not hps: raise ValueError("nothing recorded yet: plot_sched needs a fit first")
+    if keys is None:
+        keys = [k for k, v in hps.items() if any(x != v[0] for x in v)]
+        if not keys: keys = ['lr'] if 'lr' in hps else list(hps)[:1]     # nothing changed: show the learning rate
+        constant = {k: v[0] for k, v in hps.items() if k not in keys}
+    else:
+        keys, constant = [keys] if isinstance(keys, str) else list(keys), {}
+        for k in keys:
+            if k not in hps: raise ValueError(f"no hyper-parameter {k!r} recorded: choose keys from {list(hps)}")
+    ncols = max(1, min(ncols, len(keys)))
+    nrows = math.ceil(len(keys) / ncols)
+    fig, axs = plt.subplots(nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows), squeeze=False,
+                            layout='constrained')
+    axs = list(axs.flat)
+    for ax in axs[len(keys):]: ax.remove()
+    for ax, k in zip(axs, keys):
+        ax.plot(range(len(hps[k])), hps[k], marker='o' if len(hps[k]) <= 10 else None)    # a short fit's points stay visible
+        ax.set_title(k); _batch_axis(ax, len(hps[k]))
+    if constant:
+        note = 'constant during the fit: ' + ', '.join(f'{k}={_hp_text(v)}' for k, v in constant.items())
+        fig.suptitle(textwrap.fill(note, int(panel_size[0] * ncols * 12)), fontsize=10)
+    return axs[:len(keys)]
