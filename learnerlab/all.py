@@ -11,7 +11,7 @@ __all__ = []
 from functools import partial
 import torch
 from torch import nn
-from . import (param_groups, optimizer, multi_tensor, optim_impl, optim_extra, widgets, callback, callback_host, dataloaders, train_eval, rng, learner_checks, recorder, progress, learner, predict, checkpoint, resume, schedule, training,
+from . import (param_groups, optimizer, multi_tensor, optim_impl, optim_extra, widgets, callback, callback_host, dataloaders, train_eval, rng, learner_checks, recorder, progress, learner, predict, checkpoint, resume, schedule, mixed_precision, training,
                         speed, data, images, vision, distributed)
 from .param_groups import *
 from .optimizer import *
@@ -32,6 +32,7 @@ from .predict import *
 from .checkpoint import *
 from .resume import *
 from .schedule import *
+from .mixed_precision import *
 from .training import *
 from .speed import *
 from .data import *
@@ -44,5 +45,5 @@ from torchvision.models import resnet18, resnet34, resnet50
 __all__ = ['partial', 'torch', 'nn', 'resnet18', 'resnet34', 'resnet50', *param_groups.__all__, *optimizer.__all__, *multi_tensor.__all__, *optim_impl.__all__,
            *optim_extra.__all__, *widgets.__all__, *callback.__all__, *callback_host.__all__, *dataloaders.__all__, *train_eval.__all__, *rng.__all__, *learner_checks.__all__, *recorder.__all__,
            *progress.__all__, *learner.__all__, *predict.__all__, *checkpoint.__all__, *resume.__all__,
-           *schedule.__all__, *training.__all__, *speed.__all__, *data.__all__, *images.__all__, *vision.__all__,
+           *schedule.__all__, *mixed_precision.__all__, *training.__all__, *speed.__all__, *data.__all__, *images.__all__, *vision.__all__,
            *distributed.__all__]

@@ -12,7 +12,8 @@ import torch
 import fastcore.test as fct
 
 from learnerlab.distributed import run_torchrun
-from learnerlab.training import CSVLogger, SaveModelCallback, GradientAccumulation, MixedPrecision
+from learnerlab.training import CSVLogger, SaveModelCallback, GradientAccumulation
+from learnerlab.mixed_precision import MixedPrecision
 
 SCRIPTS = Path(__file__).parent/'dist_scripts'
 sys.path.insert(0, str(SCRIPTS))

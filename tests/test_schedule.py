@@ -16,7 +16,8 @@ import learnerlab.predict, learnerlab.checkpoint   # Learner.validate, Learner.s
 from learnerlab.optimizer import SGD, Adam
 from learnerlab.schedule import (SchedLin, SchedCos, SchedExp, SchedNo, SchedPoly, combine_scheds, combined_cos,
                                  ParamScheduler, minimum, steep, valley, slide, SuggestedLRs)
-from learnerlab.training import (MixedPrecision, GradientAccumulation, SaveModelCallback, TerminateOnNaNCallback,
+from learnerlab.mixed_precision import MixedPrecision
+from learnerlab.training import (GradientAccumulation, SaveModelCallback, TerminateOnNaNCallback,
                                  EarlyStoppingCallback, CSVLogger, ReduceLROnPlateau)
 
 torch.set_num_threads(1)

@@ -16,7 +16,8 @@ from learnerlab.callback import Callback
 from learnerlab.learner import Learner, DataLoaders, accuracy
 import learnerlab.predict  # Learner.get_preds
 from learnerlab.optimizer import Adam
-from learnerlab.training import CSVLogger, SaveModelCallback, GradientAccumulation, MixedPrecision
+from learnerlab.training import CSVLogger, SaveModelCallback, GradientAccumulation
+from learnerlab.mixed_precision import MixedPrecision
 
 N_TRAIN, N_VALID, N_EPOCH = 48, 21, 2     # 21 validation items: 2 ranks see 11 each, one is padding
 
